@@ -1,0 +1,52 @@
+"""What every operator shares: the resources it declares and how it reports a failed row."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one instance of a stage needs; the pipeline turns this into Ray Data arguments.
+
+    `num_gpus` is what the stage asks for when CUDA is present; on a machine without CUDA the
+    pipeline runs the same actors on CPU.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: int | None = None  # bytes of RAM per task or actor, for Ray's scheduler
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Deterministic short hex id; the same parts give the same id on every machine and run."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode("utf-8"))
+        h.update(b"\x1f")
+    return h.hexdigest()[:length]
+
+
+def error_row(row: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
+    """The row back with `error` and `error_stage` set: a failure never kills the job."""
+    out = dict(row)
+    out["error"] = reason
+    out["error_stage"] = stage
+    return out
+
+
+def is_error(row: dict[str, Any]) -> bool:
+    return bool(row.get("error"))
+
+
+def error_kind(row: dict[str, Any]) -> str:
+    """'stage/reason' for counting failures: the message without file name and details."""
+    message = str(row.get("error") or "")
+    uri = str(row.get("uri") or "")
+    if uri and message.startswith(uri):
+        message = message[len(uri) :].lstrip(": ")
+    for stop in ("(", ":"):
+        message = message.split(stop, 1)[0]
+    return f"{row.get('error_stage') or 'unknown'}/{message.strip() or 'error'}"

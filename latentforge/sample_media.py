@@ -1,0 +1,83 @@
+"""Generated media with known properties, for tests, benchmarks and the offline demo.
+
+Each shot has its own colour field and a moving square, so hard cuts sit at exactly known
+frames and a scene detector has real content to look at. PyAV's bundled FFmpeg encodes it.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+from PIL import Image
+
+
+def synthetic_frame(index: int, width: int, height: int, shot: int = 0) -> np.ndarray:
+    """One RGB frame: a per-shot gradient plus a square that moves with the frame index."""
+    hue = (shot * 0.37) % 1.0
+    base = np.array(colorsys.hsv_to_rgb(hue, 0.6, 0.8)) * 255
+    ys = np.linspace(0.6, 1.0, height, dtype=np.float32)[:, None, None]
+    xs = np.linspace(0.8, 1.0, width, dtype=np.float32)[None, :, None]
+    frame = (base[None, None, :] * ys * xs).astype(np.uint8)
+    frame = np.broadcast_to(frame, (height, width, 3)).copy()
+    side = max(4, min(width, height) // 5)
+    x = (index * 7) % max(1, width - side)
+    y = (index * 3) % max(1, height - side)
+    frame[y : y + side, x : x + side] = 255 - base.astype(np.uint8)
+    return frame
+
+
+def make_video(
+    path: str | Path,
+    width: int = 160,
+    height: int = 96,
+    num_frames: int = 48,
+    fps: float = 24,
+    cuts: Sequence[int] = (),
+    audio: bool = False,
+    rotation: int | None = None,
+) -> Path:
+    """Encode an H.264 mp4; `cuts` are the first frames of new shots (0-based)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18", "preset": "ultrafast", "g": "12"}
+        if rotation:
+            stream.set_display_rotation(rotation)  # display-matrix side data, as phones write it
+        audio_stream = container.add_stream("aac", rate=16000) if audio else None
+        shot = 0
+        for i in range(num_frames):
+            if i in cuts:
+                shot += 1
+            frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height, shot), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        if audio_stream is not None:
+            samples = int(16000 * num_frames / float(rate))
+            tone = (0.1 * np.sin(np.arange(samples) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+            for start in range(0, samples, 1024):
+                chunk = tone[None, start : start + 1024]
+                aframe = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                aframe.sample_rate = 16000
+                for packet in audio_stream.encode(aframe):
+                    container.mux(packet)
+            for packet in audio_stream.encode():
+                container.mux(packet)
+    return path
+
+
+def make_image(path: str | Path, width: int = 128, height: int = 96, seed: int = 0) -> Path:
+    """A PNG/JPEG (by suffix) with a gradient and a square, like one video frame."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(synthetic_frame(seed, width, height, shot=seed)).save(path)
+    return path
