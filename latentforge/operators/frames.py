@@ -1,0 +1,173 @@
+"""prepare: choose each clip's bucket from probe metadata, then decode exactly its frames.
+
+Bucket choice is separate from decoding so that a rerun can skip finished samples before any
+frame is decoded. Decoding seeks to the span, stops after the last needed frame, and lets
+FFmpeg's scaler produce the resized frame (no full-size RGB is made and shrunk afterwards).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import av
+import numpy as np
+from PIL import Image, ImageOps
+
+from latentforge.buckets import Bucket, available_frames, choose_bucket, cover_resize, frame_indices, frame_step
+from latentforge.operators.base import Resources, error_row, is_error, stable_hash
+from latentforge.operators.probe import open_media
+
+RESOURCES = Resources(num_cpus=1)
+STAGE = "prepare"
+
+_AV_FILTERS = {"area": "AREA", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
+_PIL_FILTERS = {
+    "area": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def sample_id(uri: str, start_frame: int, end_frame: int, bucket: str, target_fps: float | None = None) -> str:
+    """Deterministic id of one training sample: the source, its span and its bucket."""
+    parts: tuple[Any, ...] = (uri, int(start_frame), int(end_frame), bucket)
+    if target_fps:
+        parts += (float(target_fps),)
+    return stable_hash(*parts, length=24)
+
+
+def assign_bucket(row: dict[str, Any], buckets: Sequence[Bucket], target_fps: float | None = None) -> dict[str, Any]:
+    """Row with probe metadata -> row with `bucket`, `sample_id` and the output fps, or an error."""
+    out = {"bucket": None, "sample_id": None, "source_fps": None, **row}
+    if is_error(row):
+        return out
+    is_image = row["media_type"] == "image"
+    fps = float(row["fps"] or 0.0)
+    frames = 1 if is_image else available_frames(int(row["num_frames"]), fps, target_fps)
+    bucket = choose_bucket(buckets, int(row["width"]), int(row["height"]), frames, is_image=is_image)
+    if bucket is None:
+        shortest = min((b.frames for b in buckets if b.frames > 1), default=None)
+        at = f" at {target_fps:g} fps" if target_fps and not is_image else ""
+        return error_row(out, STAGE, f"{row['uri']}: too short: {frames} frames{at}, shortest video bucket has {shortest}")
+    out["bucket"] = str(bucket)
+    out["sample_id"] = sample_id(row["uri"], row["start_frame"], row["end_frame"], str(bucket), target_fps)
+    out["source_fps"] = fps
+    if not is_image:
+        out["fps"] = fps / frame_step(fps, target_fps)  # the rate of the frames actually encoded
+    return out
+
+
+def _crop(frame: np.ndarray, bucket: Bucket, left: int, top: int) -> np.ndarray:
+    return frame[top : top + bucket.height, left : left + bucket.width]
+
+
+def decode_video_frames(
+    source: Any,
+    start_frame: int,
+    indices: Sequence[int],
+    bucket: Bucket,
+    rotation: int = 0,
+    resize_filter: str = "area",
+) -> np.ndarray:
+    """Decode the given source frame indices, resized to cover `bucket` and center-cropped.
+
+    Frame index = position in decode order from the file start; after a seek it is recovered
+    from the presentation time, so a span deep in a long file costs one GOP, not the prefix.
+    """
+    wanted = sorted(set(indices))
+    last = wanted[-1]
+    out: dict[int, np.ndarray] = {}
+    with av.open(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = float(stream.average_rate or stream.guessed_rate)
+        time_base = float(stream.time_base)
+        origin = stream.start_time or 0
+        quarter_turns = (rotation // 90) % 4
+        # Display size after rotation decides the resize; FFmpeg scales in stored orientation.
+        plan = None
+        seek_used = start_frame > 0
+        if seek_used:
+            target = origin + int((start_frame / fps) / time_base)
+            container.seek(max(origin, target), stream=stream, backward=True)
+        counter = -1
+        previous_index = -1
+        for frame in container.decode(stream):
+            counter += 1
+            if seek_used and frame.pts is not None:
+                index = int(round((frame.pts - origin) * time_base * fps))
+            else:
+                index = counter
+            if index <= previous_index:  # a repeated timestamp (variable frame rate) adds nothing
+                continue
+            needed = [i for i in wanted if previous_index < i <= index]
+            previous_index = index
+            if needed:
+                if plan is None:
+                    w, h = (frame.height, frame.width) if quarter_turns % 2 else (frame.width, frame.height)
+                    plan = cover_resize(w, h, bucket.width, bucket.height)
+                sw, sh = plan.resize_width, plan.resize_height
+                if quarter_turns % 2:
+                    sw, sh = sh, sw
+                rgb = frame.to_ndarray(
+                    width=sw, height=sh, format="rgb24", interpolation=_AV_FILTERS[resize_filter]
+                )
+                if quarter_turns:
+                    rgb = np.rot90(rgb, k=quarter_turns)
+                current = _crop(rgb, bucket, plan.left, plan.top)
+                for i in needed:  # an index a variable frame rate skipped takes the next frame shown
+                    out[i] = current
+            if index >= last:
+                break
+    missing = [i for i in wanted if i not in out]
+    if missing:
+        raise ValueError(
+            f"decoded {len(out)} of {len(wanted)} needed frames; the file ends before frame {missing[0]} "
+            "(the container's frame count is larger than what decodes)"
+        )
+    return np.ascontiguousarray(np.stack([out[i] for i in indices]))
+
+
+def load_image(source: Any, bucket: Bucket, resize_filter: str = "area") -> np.ndarray:
+    with Image.open(source) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        plan = cover_resize(im.width, im.height, bucket.width, bucket.height)
+        im = im.resize((plan.resize_width, plan.resize_height), _PIL_FILTERS[resize_filter])
+        arr = np.asarray(im)
+    return np.ascontiguousarray(_crop(arr, bucket, plan.left, plan.top))[None]
+
+
+def load_frames(
+    row: dict[str, Any],
+    target_fps: float | None = None,
+    resize_filter: str = "area",
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Row with a bucket -> row with `frames` (uint8 [F, H, W, 3]) and `num_frames` = F."""
+    out = {"frames": None, **row}
+    out.setdefault("_seconds_prepare", 0.0)
+    if is_error(row):
+        return out
+    t0 = time.perf_counter()
+    w, h, f = (int(v) for v in row["bucket"].split("x"))
+    bucket = Bucket(w, h, f)
+    try:
+        with open_media(row["uri"], storage_options) as source:
+            if row["media_type"] == "image":
+                frames = load_image(source, bucket, resize_filter)
+            else:
+                source_fps = float(row.get("source_fps") or row["fps"])
+                indices = frame_indices(int(row["start_frame"]), f, source_fps, target_fps)
+                frames = decode_video_frames(
+                    source, int(row["start_frame"]), indices, bucket, int(row.get("rotation") or 0), resize_filter
+                )
+    except Exception as e:  # noqa: BLE001 - a bad file fails its row, not the job
+        reason = str(e).strip() or type(e).__name__
+        return error_row(out, STAGE, f"{row['uri']}: decode failed ({reason})")
+    out["frames"] = frames
+    out["num_frames"] = int(frames.shape[0])
+    out["_seconds_prepare"] = time.perf_counter() - t0
+    return out
+

@@ -1,0 +1,120 @@
+"""probe: container metadata per row, so bucket choice needs no decode.
+
+Unreadable media (missing, corrupt, no video stream) becomes an error row naming the file and
+the reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import av
+from PIL import Image, ImageOps
+
+from latentforge.operators.base import Resources, error_row, is_error
+from latentforge.storage import get_fs, is_local, open_input
+
+RESOURCES = Resources(num_cpus=1)
+
+STAGE = "probe"
+# Every row leaves probe with these keys (None where unknown): rows become one Arrow table.
+PROBE_COLUMNS = (
+    "fps", "source_frames", "width", "height", "rotation", "has_audio",
+    "start_frame", "end_frame", "num_frames", "error", "error_stage",
+)
+
+
+@contextmanager
+def open_media(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[Any]:
+    """A local path as itself, a remote URL as a seekable file object (PyAV and PIL take both)."""
+    fs, path = get_fs(uri, storage_options)
+    if is_local(fs):
+        yield path
+        return
+    f = open_input(uri, storage_options)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def probe_video(source: Any) -> dict[str, Any]:
+    with av.open(source) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise ValueError("no frame rate in the container")
+        fps = float(rate)
+        frames = int(stream.frames or 0)
+        if frames <= 0:  # some containers (webm, mkv) do not store a count: estimate from duration
+            if stream.duration is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            else:
+                raise ValueError("neither frame count nor duration in the container")
+            frames = int(math.floor(seconds * fps + 0.5))
+        # Decoding the first frame proves the stream decodes and gives the display rotation,
+        # which FFmpeg only exposes as frame side data.
+        first = next(container.decode(stream), None)
+        if first is None:
+            raise ValueError("no decodable video frames")
+        rotation = int(getattr(first, "rotation", 0) or 0) % 360
+        width, height = first.width, first.height
+        if rotation in (90, 270):
+            width, height = height, width
+        has_audio = bool(container.streams.audio)
+    return {
+        "fps": fps,
+        "source_frames": frames,
+        "width": width,
+        "height": height,
+        "rotation": rotation,
+        "has_audio": has_audio,
+    }
+
+
+def probe_image(source: Any) -> dict[str, Any]:
+    with Image.open(source) as im:
+        im = ImageOps.exif_transpose(im)  # phones store portrait photos as rotated landscape + EXIF
+        width, height = im.size
+    return {"fps": 0.0, "source_frames": 1, "width": width, "height": height, "rotation": 0, "has_audio": False}
+
+
+def probe(row: dict[str, Any], storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Row -> row with fps, width, height (as displayed), rotation, has_audio and its span.
+
+    `start_frame`/`end_frame` (exclusive) default to the whole file; `num_frames` is the span
+    length in source frames until `prepare` replaces it with the frames actually encoded.
+    """
+    out = {**dict.fromkeys(PROBE_COLUMNS), **row}
+    out.setdefault("_seconds_probe", 0.0)
+    if is_error(row):
+        return out
+    t0 = time.perf_counter()
+    uri = row["uri"]
+    try:
+        with open_media(uri, storage_options) as source:
+            meta = probe_image(source) if row.get("media_type") == "image" else probe_video(source)
+    except FileNotFoundError:
+        return error_row(out, STAGE, f"{uri}: file not found")
+    except Exception as e:  # noqa: BLE001 - any decoder failure is this row's problem only
+        reason = str(e).strip() or type(e).__name__
+        return error_row(out, STAGE, f"{uri}: unreadable media ({reason})")
+    out.update(meta)
+    start = row.get("start_frame")
+    end = row.get("end_frame")
+    start = 0 if start is None or (isinstance(start, float) and math.isnan(start)) else int(start)
+    end = meta["source_frames"] if end is None or (isinstance(end, float) and math.isnan(end)) else int(end)
+    end = min(end, meta["source_frames"])
+    out["start_frame"], out["end_frame"] = start, end
+    out["num_frames"] = max(0, end - start)
+    out["_seconds_probe"] = time.perf_counter() - t0
+    if out["num_frames"] <= 0:
+        return error_row(out, STAGE, f"{uri}: empty span [{start}, {end})")
+    return out

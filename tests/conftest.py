@@ -1,0 +1,40 @@
+"""Shared fixtures: generated media, the real clips in ../shared/media, a local Ray, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = Path(os.environ.get("LATENTFORGE_SHARED_MEDIA", REPO.parent / "shared" / "media"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_model_home(tmp_path_factory):
+    """Tiny models are built once per test session into a private home, never the user's cache."""
+    if "LATENTFORGE_HOME" not in os.environ:
+        os.environ["LATENTFORGE_HOME"] = str(tmp_path_factory.mktemp("latentforge_home"))
+    yield
+
+
+@pytest.fixture
+def shared_media() -> Path:
+    if not (SHARED_MEDIA / "README.md").exists():
+        pytest.skip(f"real media not found at {SHARED_MEDIA} (set LATENTFORGE_SHARED_MEDIA to its folder)")
+    return SHARED_MEDIA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session, 2 CPUs as on the CI machine."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
