@@ -1,0 +1,61 @@
+"""encode_video oracle per VAE family: a stored latent equals vae.encode(x).latent_dist.mean."""
+
+import numpy as np
+import pytest
+import torch
+
+from latentforge.formats.tensors import from_columns
+from latentforge.models import get_preset, load_vae
+from latentforge.operators.vae import VideoEncodeStage, frames_to_input
+
+FAMILIES = ["tiny-wan2.1", "tiny-ltx-video", "tiny-cogvideox", "tiny-ltx2", "tiny-hunyuanvideo"]
+
+
+def _batch(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = np.empty(len(shapes), dtype=object)
+    for i, shape in enumerate(shapes):
+        frames[i] = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    return {
+        "sample_id": np.array([f"s{i}" for i in range(len(shapes))], dtype=object),
+        "frames": frames,
+        "error": np.array([None] * len(shapes), dtype=object),
+    }
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_stored_latent_equals_vae_mean(name):
+    preset = get_preset(name)
+    f = preset.frame_modulus + preset.frame_remainder  # the smallest multi-frame bucket: 9 or 5
+    m = preset.spatial_multiple * 2
+    # two shapes in one batch: the stage groups them and never stacks different shapes
+    shapes = [(f, m, m, 3), (f, m, 2 * m, 3), (f, m, m, 3)]
+    batch = _batch(shapes)
+    frames = list(batch["frames"])
+    stage = VideoEncodeStage(name, dtype="float32", device="cpu", store_logvar=True, micro_batch=4)
+    out = stage(batch)
+
+    vae = load_vae(preset)  # a fresh load through from_pretrained, as a user would
+    for i, shape in enumerate(shapes):
+        with torch.no_grad():
+            dist = vae.encode(frames_to_input(frames[i][None])).latent_dist
+        row = {k: out[k][i] for k in out}
+        latent = from_columns(row, "latent")
+        torch.testing.assert_close(latent, dist.mean[0])
+        torch.testing.assert_close(from_columns(row, "logvar"), dist.logvar[0])
+        assert tuple(latent.shape[1:]) == preset.latent_shape(shape[0], shape[1], shape[2])
+    assert "frames" not in out
+
+
+def test_failed_rows_pass_through_and_bf16_storage():
+    batch = _batch([(5, 32, 32, 3), (0, 0, 0, 3)])
+    batch["error"] = np.array([None, "x.mp4: too short"], dtype=object)
+    out = VideoEncodeStage("tiny-wan2.1", dtype="bfloat16", device="cpu")(batch)
+    assert out["latent_dtype"][0] == "bfloat16" and out["latent_bytes"][1] is None
+    assert from_columns({k: out[k][0] for k in out}, "latent").dtype == torch.bfloat16
+
+
+def test_frames_to_input_scales_to_minus_one_one():
+    x = frames_to_input(np.array([[[[[0, 255, 127]]]]], dtype=np.uint8))
+    assert x.shape == (1, 3, 1, 1, 1)
+    torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, 1.0, 127 / 127.5 - 1]))
