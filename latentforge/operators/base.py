@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,17 @@ def error_row(row: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
     return out
 
 
+def has_value(value: Any) -> bool:
+    """False for None, NaN and ''. Ray Data turns an all-None column into NaN floats in numpy batches."""
+    if value is None:
+        return False
+    if isinstance(value, (float, np.floating)):
+        return not math.isnan(value)
+    return bool(value) if isinstance(value, str) else True
+
+
 def is_error(row: dict[str, Any]) -> bool:
-    return bool(row.get("error"))
+    return has_value(row.get("error"))
 
 
 def error_kind(row: dict[str, Any]) -> str:

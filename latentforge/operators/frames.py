@@ -20,6 +20,9 @@ from latentforge.operators.probe import open_media
 
 RESOURCES = Resources(num_cpus=1)
 STAGE = "prepare"
+# Rows without frames (failed, or already in the output) carry an empty array, not None, so the
+# column stays one tensor type from block to block in Ray Data.
+NO_FRAMES = np.zeros((0, 0, 0, 3), dtype=np.uint8)
 
 _AV_FILTERS = {"area": "AREA", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
 _PIL_FILTERS = {
@@ -146,7 +149,7 @@ def load_frames(
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Row with a bucket -> row with `frames` (uint8 [F, H, W, 3]) and `num_frames` = F."""
-    out = {"frames": None, **row}
+    out = {"frames": NO_FRAMES, **row}
     out.setdefault("_seconds_prepare", 0.0)
     if is_error(row):
         return out

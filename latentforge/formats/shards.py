@@ -1,0 +1,205 @@
+"""Output shards (DESIGN.md, Outputs): latents by bucket, embeddings by encoder, error rows.
+
+A shard's name is a hash of the ids it holds and it is written whole or not at all, so a
+retried Ray task rewrites the same file and a rerun that skips finished ids adds no duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter, defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data import Datasink
+from ray.data.datasource.datasink import WriteResult
+
+from latentforge.operators.base import error_kind, is_error, stable_hash
+from latentforge.storage import get_fs, join, write_bytes_atomic
+
+LATENTS = "latents"
+EMBEDDINGS = "embeddings"
+ERRORS = "errors"
+
+# Types of the contract columns, so every shard of a table has the same schema even when a
+# shard happens to hold only nulls in a column.
+COLUMN_TYPES: dict[str, pa.DataType] = {
+    "sample_id": pa.string(),
+    "uri": pa.string(),
+    "media_type": pa.string(),
+    "caption": pa.string(),
+    "caption_id": pa.string(),
+    "bucket": pa.string(),
+    "start_frame": pa.int64(),
+    "end_frame": pa.int64(),
+    "num_frames": pa.int64(),
+    "source_frames": pa.int64(),
+    "fps": pa.float64(),
+    "source_fps": pa.float64(),
+    "width": pa.int64(),
+    "height": pa.int64(),
+    "rotation": pa.int64(),
+    "has_audio": pa.bool_(),
+    "error": pa.string(),
+    "error_stage": pa.string(),
+    "length": pa.int64(),
+}
+for _name in ("latent", "logvar", "embedding", "pooled_embedding"):
+    COLUMN_TYPES[f"{_name}_bytes"] = pa.binary()
+    COLUMN_TYPES[f"{_name}_shape"] = pa.list_(pa.int64())
+    COLUMN_TYPES[f"{_name}_dtype"] = pa.string()
+
+# Columns that only exist while a row is in flight.
+TRANSIENT = ("frames",)
+
+
+def _plain(value: Any, typ: pa.DataType | None) -> Any:
+    """Undo what a trip through pandas/numpy batches does to missing and array values."""
+    if isinstance(value, float) and math.isnan(value) and not (typ is not None and pa.types.is_floating(typ)):
+        return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def to_table(rows: list[dict[str, Any]], drop: Iterable[str] = ()) -> pa.Table:
+    drop = set(drop) | set(TRANSIENT)
+    names = [k for k in rows[0] if k not in drop and not k.startswith("_")]
+    arrays, fields = [], []
+    for name in names:
+        typ = COLUMN_TYPES.get(name)
+        values = [_plain(r.get(name), typ) for r in rows]
+        arr = pa.array(values, type=typ) if typ is not None else pa.array(values)
+        if pa.types.is_null(arr.type):
+            arr = arr.cast(pa.string())
+        arrays.append(arr)
+        fields.append(pa.field(name, arr.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def table_bytes(table: pa.Table, metadata: dict[str, Any] | None = None) -> bytes:
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta[b"latentforge"] = json.dumps(metadata, sort_keys=True).encode()
+        table = table.replace_schema_metadata(meta)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def shard_name(ids: Iterable[str]) -> str:
+    return f"part-{stable_hash(*sorted(ids), length=20)}.parquet"
+
+
+def _rows(blocks: Iterable[Any]) -> Iterable[dict[str, Any]]:
+    """Rows of Ray blocks (Arrow or pandas) with NaN-for-missing turned back into None."""
+    for block in blocks:
+        records = block.to_pylist() if isinstance(block, pa.Table) else block.to_dict("records")
+        for row in records:
+            yield {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+class ShardDatasink(Datasink):
+    """Routes each row to its table and partition and writes one shard per partition per task.
+
+    `key` names the id column a shard name is derived from; rows whose `_done` flag is set were
+    already in the output and are only counted.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        table: str,
+        key: str,
+        partition: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self.output = output
+        self.table = table
+        self.key = key
+        self.partition = partition
+        self.storage_options = storage_options or {}
+        self.metadata = metadata or {}
+        self.result: dict[str, Any] = {}
+
+    def get_name(self) -> str:
+        return f"latentforge[{self.table}]"
+
+    def _write(self, relative: str, rows: list[dict[str, Any]], ids: list[str], drop: Iterable[str] = ()) -> None:
+        fs, _ = get_fs(self.output, self.storage_options)
+        url = join(self.output, relative, shard_name(ids))
+        _, path = get_fs(url, self.storage_options)
+        write_bytes_atomic(fs, path, table_bytes(to_table(rows, drop), self.metadata))
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        errors: list[dict[str, Any]] = []
+        counts: Counter[str] = Counter()
+        error_kinds: Counter[str] = Counter()
+        seconds: Counter[str] = Counter()
+        for row in _rows(blocks):
+            for k, v in row.items():
+                if k.startswith("_seconds_") and v:
+                    seconds[k[len("_seconds_") :]] += float(v)
+            if is_error(row):
+                errors.append(row)
+                error_kinds[error_kind(row)] += 1
+            elif row.get("_done"):
+                counts["skipped_existing"] += 1
+            else:
+                part = f"{self.partition}={row[self.partition]}" if self.partition else ""
+                groups[part].append(row)
+                counts["written"] += 1
+        for part, rows in groups.items():
+            relative = join(self.table, part) if part else self.table
+            self._write(relative, rows, [r[self.key] for r in rows], drop=("error", "error_stage"))
+        if errors:
+            ids = [stable_hash(r.get("uri"), r.get("start_frame"), r.get("end_frame"), r.get("error")) for r in errors]
+            drop = [k for k in errors[0] if k.endswith(("_bytes", "_shape", "_dtype"))]
+            self._write(ERRORS, errors, ids, drop)
+        seconds[f"write_{self.table}"] += time.perf_counter() - t0
+        return {"counts": dict(counts), "errors": dict(error_kinds), "seconds": dict(seconds)}
+
+    def on_write_complete(self, write_result: WriteResult) -> None:
+        counts: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        seconds: Counter[str] = Counter()
+        for r in write_result.write_returns:
+            counts.update(r["counts"])
+            errors.update(r["errors"])
+            seconds.update(r["seconds"])
+        self.result = {"counts": dict(counts), "errors": dict(errors), "seconds": dict(seconds)}
+
+
+def existing_values(output: str, table: str, column: str, storage_options: dict[str, Any] | None = None) -> set[str]:
+    """Ids already written under output/table (for resume); reads only that column."""
+    fs, root = get_fs(join(output, table), storage_options)
+    if not fs.exists(root):
+        return set()
+    paths = [p for p in fs.find(root) if p.endswith(".parquet") and "/.tmp-" not in p]
+    values: set[str] = set()
+    for p in paths:
+        with fs.open(p, "rb") as f:
+            values.update(pq.read_table(f, columns=[column]).column(column).to_pylist())
+    return values
+
+
+def read_table(output: str, table: str, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """All shards of one output table as one Arrow table (the partition value is in each row)."""
+    fs, root = get_fs(join(output, table), storage_options)
+    if not fs.exists(root):
+        return pa.table({})
+    paths = sorted(p for p in fs.find(root) if p.endswith(".parquet") and "/.tmp-" not in p)
+    tables = []
+    for p in paths:
+        with fs.open(p, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})

@@ -1,0 +1,341 @@
+"""precompute: manifest -> probe -> prepare -> encode_video -> latent shards, then the distinct
+captions of those latents -> encode_text -> embedding shards; run.json at the end.
+
+Video and text run as two Ray Data passes: text reads its captions back from the latent shards,
+so the VAE and a large text encoder (Gemma 3 12B for LTX-2) never need GPU memory at the same
+time, each caption is encoded once across the whole dataset, and a run killed between the two
+passes resumes with the text pass alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import ray
+
+from latentforge import __version__
+from latentforge.cluster import cluster_has_gpus, connect
+from latentforge.config import PipelineConfig
+from latentforge.formats.manifests import read_manifest
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, ShardDatasink, existing_values, read_table
+from latentforge.models import get_preset
+from latentforge.operators import frames as frames_op
+from latentforge.operators import probe as probe_op
+from latentforge.operators import text as text_op
+from latentforge.operators import vae as vae_op
+from latentforge.operators.base import is_error
+from latentforge.operators.captions import caption_id, final_caption
+from latentforge.storage import get_fs, join, write_bytes_atomic
+
+log = logging.getLogger("latentforge")
+
+
+
+def configure_data_context(cfg: PipelineConfig) -> None:
+    """Settings that matter when spot nodes come and go, set here rather than left to chance.
+
+    Ray Data already restarts a lost actor and retries its tasks without limit; on top of that
+    an actor whose model load fails (a flaky disk or download on a fresh node) is retried, and a
+    run that stops making progress (no GPU node ever arrives) fails after a bounded time.
+    """
+    ctx = ray.data.DataContext.get_current()
+    ctx.actor_init_retry_on_errors = True
+    ctx.actor_init_max_retries = cfg.ray.actor_init_retries
+    ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    runs_as: str
+    resources: str
+    detail: str
+
+
+def _pool_resources(pool: Any, use_gpus: bool, cpu_actors: float) -> str:
+    size = f"{pool.min_actors}..{pool.max_actors} actors" if pool.min_actors != pool.max_actors else f"{pool.min_actors} actor(s)"
+    each = f"{pool.num_gpus:g} GPU each" if use_gpus else f"{cpu_actors:g} CPU each (no GPU)"
+    return f"{size}, {each}, batch {pool.batch_size}"
+
+
+def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
+    """The stages this config runs, with buckets, models and resources, without running them."""
+    if cfg.pipeline != "precompute":
+        raise NotImplementedError(
+            f"pipeline {cfg.pipeline!r} is not available yet: this version runs 'precompute' "
+            "(scene splitting and captioning are being built)"
+        )
+    preset = get_preset(cfg.model, cfg.model_path)
+    use_gpus = bool(use_gpus)
+    dev_dtype = "bfloat16" if use_gpus else "float32"
+    stages = [
+        StagePlan("source", "driver", "-", f"read {cfg.input} (format: {cfg.input_format})"),
+        StagePlan("probe", "map", f"{probe_op.RESOURCES.num_cpus:g} CPU/task", "container metadata via PyAV; unreadable media -> error rows"),
+        StagePlan(
+            "prepare",
+            "map",
+            f"{frames_op.RESOURCES.num_cpus:g} CPU/task",
+            f"buckets {', '.join(str(b) for b in cfg.bucket_list())}; "
+            f"fps {cfg.prepare.target_fps or 'source'}; resize {cfg.prepare.resize_filter} (cover + center crop)",
+        ),
+        StagePlan(
+            "encode_video",
+            "actor pool",
+            _pool_resources(cfg.encode_video, use_gpus, vae_op.RESOURCES.num_cpus),
+            f"{preset.vae_class} from {preset.repo}; latent mean{' + logvar' if cfg.encode_video.store_logvar else ''}; "
+            f"dtype {cfg.encode_video.dtype or dev_dtype}",
+        ),
+        StagePlan("sink", "write", "-", f"{join(cfg.output, LATENTS)}/bucket=*/ and {join(cfg.output, ERRORS)}/"),
+    ]
+    if cfg.encode_text.enabled:
+        extra = []
+        if cfg.encode_text.trigger_word:
+            extra.append(f"trigger word {cfg.encode_text.trigger_word!r}")
+        if cfg.encode_text.strip_openers:
+            extra.append("openers stripped")
+        stages += [
+            StagePlan(
+                "encode_text",
+                "actor pool",
+                _pool_resources(cfg.encode_text, use_gpus, text_op.TextEncodeStage.resources.num_cpus),
+                f"{preset.pipeline_class}.encode_prompt, max {preset.max_sequence_length} tokens, once per distinct caption"
+                + (f"; {', '.join(extra)}" if extra else ""),
+            ),
+            StagePlan("sink", "write", "-", f"{join(cfg.output, EMBEDDINGS)}/encoder={preset.text_encoder_name}/"),
+        ]
+    return stages
+
+
+def _source_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Manifest rows with the final caption text and its caption_id."""
+    rows = read_manifest(cfg.input, cfg.input_format, cfg.storage_options)
+    for row in rows:
+        text = row.get("caption")
+        if text is not None and not is_error(row):
+            text = final_caption(text, cfg.encode_text.trigger_word, cfg.encode_text.strip_openers) or None
+        row["caption"] = text
+        row["caption_id"] = caption_id(text) if text else None
+    return rows
+
+
+def _bucket_and_skip(row: dict[str, Any], buckets: list, target_fps: float | None, done: frozenset) -> dict[str, Any]:
+    out = frames_op.assign_bucket(row, buckets, target_fps)
+    out["_done"] = bool(out.get("sample_id")) and out["sample_id"] in done
+    return out
+
+
+def _prepare(row: dict[str, Any], target_fps: float | None, resize_filter: str, storage_options: dict) -> dict[str, Any]:
+    if row.get("_done"):
+        return {"frames": frames_op.NO_FRAMES, "_seconds_prepare": 0.0, **row}
+    return frames_op.load_frames(row, target_fps, resize_filter, storage_options)
+
+
+def redacted(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config for run.json and logs, with anything that looks like a credential masked."""
+    data = cfg.model_dump(mode="json")
+
+    def mask(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: ("***" if any(s in k.lower() for s in ("key", "secret", "token", "password", "credential")) else mask(v))
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [mask(v) for v in node]
+        return node
+
+    data["storage_options"] = mask(data.get("storage_options", {}))
+    return data
+
+
+def _versions() -> dict[str, str]:
+    import av
+    import diffusers
+    import torch
+    import transformers
+
+    return {
+        "latentforge": __version__,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "av": av.__version__,
+    }
+
+
+def _clear_errors(cfg: PipelineConfig) -> None:
+    """Error rows describe the latest run: failed samples are retried, so old reports go."""
+    fs, path = get_fs(join(cfg.output, ERRORS), cfg.storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def run(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the precompute pipeline; returns the run summary also written to run.json."""
+    started = time.time()
+    started_at = datetime.now(timezone.utc).isoformat()
+    connect(cfg.ray.address, cfg.ray.num_cpus)
+    configure_data_context(cfg)
+    use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus
+    plan(cfg, use_gpus)  # validates the pipeline choice before any work
+    preset = get_preset(cfg.model, cfg.model_path)
+    buckets = cfg.bucket_list()
+    target_fps = cfg.prepare.target_fps
+    so = cfg.storage_options
+
+    rows = _source_rows(cfg)
+    done = frozenset(existing_values(cfg.output, LATENTS, "sample_id", so))
+    _clear_errors(cfg)
+    log.info("latentforge: %d input rows, %d finished samples already in %s", len(rows), len(done), cfg.output)
+
+    latent_metadata = {
+        "model": preset.name,
+        "vae_class": preset.vae_class,
+        "vae_id": preset.repo,
+        "latentforge": __version__,
+        "layout": "latent mean [C, F, H, W] of the VAE, not normalised",
+    }
+    latent_metadata["vae_normalization"] = _normalization_from_config(preset)
+
+    video_pool = cfg.encode_video
+    t_video = time.perf_counter()
+    ds = ray.data.from_items(rows)
+    ds = ds.map(probe_op.probe, fn_kwargs={"storage_options": so}, num_cpus=probe_op.RESOURCES.num_cpus)
+    ds = ds.map(_bucket_and_skip, fn_kwargs={"buckets": buckets, "target_fps": target_fps, "done": done}, num_cpus=0.25)
+    ds = ds.map(
+        _prepare,
+        fn_kwargs={"target_fps": target_fps, "resize_filter": cfg.prepare.resize_filter, "storage_options": so},
+        num_cpus=frames_op.RESOURCES.num_cpus,
+    )
+    ds = ds.map_batches(
+        vae_op.VideoEncodeStage,
+        fn_constructor_kwargs={
+            "model": cfg.model,
+            "model_path": cfg.model_path,
+            "dtype": video_pool.dtype,
+            "store_logvar": video_pool.store_logvar,
+            "micro_batch": video_pool.micro_batch,
+        },
+        batch_size=video_pool.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=video_pool.min_actors, max_size=video_pool.max_actors),
+        num_gpus=video_pool.num_gpus if use_gpus else 0,
+        num_cpus=vae_op.RESOURCES.num_cpus,
+    )
+    latent_sink = ShardDatasink(cfg.output, LATENTS, key="sample_id", partition="bucket", storage_options=so, metadata=latent_metadata)
+    ds.write_datasink(latent_sink)
+    video_wall = time.perf_counter() - t_video
+
+    counts: dict[str, Any] = {
+        "input_rows": len(rows),
+        "latents_written": latent_sink.result.get("counts", {}).get("written", 0),
+        "latents_skipped_existing": latent_sink.result.get("counts", {}).get("skipped_existing", 0),
+        "errors": sum(latent_sink.result.get("errors", {}).values()),
+        "errors_by_reason": latent_sink.result.get("errors", {}),
+    }
+    stage_seconds = dict(latent_sink.result.get("seconds", {}))
+    text_wall = 0.0
+    if cfg.encode_text.enabled:
+        t_text = time.perf_counter()
+        text_counts, text_seconds = _encode_text(cfg, preset, use_gpus)
+        counts.update(text_counts)
+        stage_seconds.update(text_seconds)
+        text_wall = time.perf_counter() - t_text
+
+    summary = {
+        "latentforge": __version__,
+        "started_at": started_at,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "wall_seconds": round(time.time() - started, 3),
+        "phase_wall_seconds": {"video": round(video_wall, 3), "text": round(text_wall, 3)},
+        "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
+        "counts": counts,
+        "model": {
+            "preset": preset.name,
+            "repo": preset.repo,
+            "vae_class": preset.vae_class,
+            "text_pipeline": preset.pipeline_class,
+            "text_encoder": preset.text_encoder_name,
+        },
+        "used_gpus": use_gpus,
+        "versions": _versions(),
+        "config": redacted(cfg),
+        "command": sys.argv,
+    }
+    fs, path = get_fs(join(cfg.output, "run.json"), so)
+    write_bytes_atomic(fs, path, json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _normalization_from_config(preset: Any) -> dict[str, Any]:
+    """The VAE's stats for file metadata without loading its weights on the driver."""
+    import diffusers
+
+    from latentforge.models import model_root
+
+    try:
+        config = getattr(diffusers, preset.vae_class).load_config(model_root(preset), subfolder="vae")
+    except Exception as e:  # noqa: BLE001 - metadata only; the encode stage reports load errors
+        log.warning("could not read the VAE config for file metadata: %s", e)
+        return {}
+    keys = ("latents_mean", "latents_std", "scaling_factor", "shift_factor")
+    return {k: config[k] for k in keys if config.get(k) is not None}
+
+
+def _encode_text(cfg: PipelineConfig, preset: Any, use_gpus: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """Embed every distinct caption of the latents in the output that is not embedded yet."""
+    so = cfg.storage_options
+    table = read_table(cfg.output, LATENTS, ["caption_id", "caption"], so)
+    distinct: dict[str, str] = {}
+    without_caption = 0
+    if table.num_rows:
+        for cid, text in zip(table.column("caption_id").to_pylist(), table.column("caption").to_pylist()):
+            if cid:
+                distinct.setdefault(cid, text)
+            else:
+                without_caption += 1
+    encoder_table = f"{EMBEDDINGS}/encoder={preset.text_encoder_name}"
+    done = existing_values(cfg.output, encoder_table, "caption_id", so)
+    todo = [{"caption_id": cid, "caption": distinct[cid]} for cid in sorted(distinct) if cid not in done]
+    counts = {
+        "latent_rows_without_caption": without_caption,
+        "captions_distinct": len(distinct),
+        "embeddings_skipped_existing": len(distinct) - len(todo),
+        "embeddings_written": 0,
+    }
+    if without_caption:
+        log.warning("latentforge: %d latent rows have no caption; their text encoding is skipped", without_caption)
+    if not todo:
+        return counts, {}
+    pool = cfg.encode_text
+    ds = ray.data.from_items(todo).map_batches(
+        text_op.TextEncodeStage,
+        fn_constructor_kwargs={"model": cfg.model, "model_path": cfg.model_path, "dtype": pool.dtype, "batch_size": pool.batch_size},
+        batch_size=pool.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        num_gpus=pool.num_gpus if use_gpus else 0,
+        num_cpus=text_op.TextEncodeStage.resources.num_cpus,
+    )
+    metadata = {
+        "model": preset.name,
+        "text_pipeline": preset.pipeline_class,
+        "text_encoder": preset.text_encoder_name,
+        "repo": preset.repo,
+        "max_sequence_length": preset.max_sequence_length,
+        "latentforge": __version__,
+        "layout": "embedding [length, dim], trimmed to the caption's token length",
+    }
+    sink = ShardDatasink(cfg.output, encoder_table, key="caption_id", storage_options=so, metadata=metadata)
+    ds.write_datasink(sink)
+    counts["embeddings_written"] = sink.result.get("counts", {}).get("written", 0)
+    return counts, dict(sink.result.get("seconds", {}))
