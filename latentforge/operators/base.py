@@ -62,3 +62,12 @@ def error_kind(row: dict[str, Any]) -> str:
     for stop in ("(", ":"):
         message = message.split(stop, 1)[0]
     return f"{row.get('error_stage') or 'unknown'}/{message.strip() or 'error'}"
+
+
+def object_column(values: list[Any]) -> np.ndarray:
+    """A 1-D object array holding `values` as they are: np.array would turn equal-length lists
+    (tensor shapes) into a 2-D array."""
+    column = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        column[i] = value
+    return column

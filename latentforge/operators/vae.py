@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
-from latentforge.operators.base import Resources, has_value
+from latentforge.operators.base import Resources, has_value, object_column
 
 RESOURCES = Resources(num_cpus=1, num_gpus=1)
 STAGE = "encode_video"
@@ -91,10 +91,7 @@ class VideoEncodeStage:
                             results[key][i] = value
         out = dict(batch)
         for key, values in results.items():
-            column = np.empty(n, dtype=object)  # element-wise: np.array would turn shape lists into a 2-D array
-            for i, value in enumerate(values):
-                column[i] = value
-            out[key] = column
+            out[key] = object_column(values)
         elapsed = (time.perf_counter() - t0) / max(n, 1)
         out["_seconds_encode_video"] = np.full(n, elapsed)
         return out

@@ -25,7 +25,7 @@ from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import PipelineConfig
 from latentforge.formats.manifests import read_manifest
 from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, ShardDatasink, existing_values, read_table
-from latentforge.models import get_preset
+from latentforge.models import get_preset, vae_normalization
 from latentforge.operators import frames as frames_op
 from latentforge.operators import probe as probe_op
 from latentforge.operators import text as text_op
@@ -204,7 +204,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "latentforge": __version__,
         "layout": "latent mean [C, F, H, W] of the VAE, not normalised",
     }
-    latent_metadata["vae_normalization"] = _normalization_from_config(preset)
+    latent_metadata["vae_normalization"] = vae_normalization(preset)
 
     video_pool = cfg.encode_video
     t_video = time.perf_counter()
@@ -274,21 +274,6 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     fs, path = get_fs(join(cfg.output, "run.json"), so)
     write_bytes_atomic(fs, path, json.dumps(summary, indent=2).encode())
     return summary
-
-
-def _normalization_from_config(preset: Any) -> dict[str, Any]:
-    """The VAE's stats for file metadata without loading its weights on the driver."""
-    import diffusers
-
-    from latentforge.models import model_root
-
-    try:
-        config = getattr(diffusers, preset.vae_class).load_config(model_root(preset), subfolder="vae")
-    except Exception as e:  # noqa: BLE001 - metadata only; the encode stage reports load errors
-        log.warning("could not read the VAE config for file metadata: %s", e)
-        return {}
-    keys = ("latents_mean", "latents_std", "scaling_factor", "shift_factor")
-    return {k: config[k] for k in keys if config.get(k) is not None}
 
 
 def _encode_text(cfg: PipelineConfig, preset: Any, use_gpus: bool) -> tuple[dict[str, Any], dict[str, float]]:

@@ -1,0 +1,220 @@
+"""encode_text: final caption text -> the model family's text embedding, one row per caption.
+
+The embedding is exactly what the family's diffusers pipeline feeds its transformer: the stage
+instantiates that pipeline with only its text components (models.load_text_pipeline) and calls
+its own `encode_prompt` (never a reimplementation), then trims each embedding to the caption's
+tokens, so a stored embedding is `[length, dim]` (DESIGN.md, Outputs):
+
+- the token positions come from the attention mask `encode_prompt` returns where it returns
+  one (LTX-Video, LTX-2, HunyuanVideo); otherwise (Wan, CogVideoX) the captions are tokenized
+  again exactly as that `encode_prompt` does and the mask of that is used;
+- LTX-2 pads on the LEFT (Gemma): its tokens are the last `length` positions; the others pad on
+  the right: the first `length`. Selecting the masked positions handles both;
+- HunyuanVideo's `encode_prompt` already crops its system-prompt template prefix (and the mask
+  with it), so its length counts the caption's tokens (+ the closing <|eot_id|>); its CLIP
+  pooled vector is stored as `pooled_embedding_*`.
+
+A trainer re-pads to the model's max length: zeros for Wan (which zero-fills itself), masked
+positions for LTX/LTX-2/Hunyuan. CogVideoX is the exception: its T5 runs without an attention
+mask and its transformer sees all 226 positions, so the padding positions carry
+caption-dependent values; its embeddings are stored whole (`length` = 226), since trimming
+would change what the transformer is conditioned on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from latentforge.formats.tensors import DTYPES, to_columns
+from latentforge.operators.base import Resources, has_value, object_column
+
+STAGE = "encode_text"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> str:
+    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+
+
+def _tokenizer_mask(pipe, preset, captions: Sequence[str]) -> torch.Tensor:
+    """The attention mask of the captions tokenized as the family's encode_prompt does, for the
+    families whose encode_prompt returns none and whose padding is not conditioning (Wan)."""
+    if preset.family == "wan":
+        # WanPipeline._get_t5_prompt_embeds: prompt_clean (ftfy + whitespace), then the tokenizer.
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        texts = [prompt_clean(c) for c in captions]
+    else:  # pragma: no cover - the others return their mask
+        raise ValueError(f"no tokenizer rule for family {preset.family!r}")
+    inputs = pipe.tokenizer(
+        texts,
+        padding="max_length",
+        max_length=preset.max_sequence_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    return inputs.attention_mask
+
+
+def encode_captions(
+    pipe, preset, captions: list[str], device: str | torch.device, dtype: torch.dtype
+) -> list[tuple[torch.Tensor, int, torch.Tensor | None]]:
+    """`(embedding [length, dim], length, pooled [dim] or None)` per caption, from the pipeline's
+    own encode_prompt with the preset's max_sequence_length."""
+    captions = list(captions)
+    kwargs: dict[str, Any] = dict(
+        prompt=captions,
+        max_sequence_length=preset.max_sequence_length,
+        device=torch.device(device),
+        dtype=dtype,
+    )
+    if "do_classifier_free_guidance" in inspect.signature(pipe.encode_prompt).parameters:
+        kwargs["do_classifier_free_guidance"] = False  # HunyuanVideoPipeline has no such argument
+    with torch.inference_mode():
+        out = pipe.encode_prompt(**kwargs)
+    pooled = None
+    family = preset.family
+    if family == "wan":
+        embeds = out[0]  # (prompt_embeds, negative_prompt_embeds)
+        mask = _tokenizer_mask(pipe, preset, captions)
+    elif family == "cogvideox":
+        # CogVideoX's T5 runs without an attention mask and its transformer attends to all 226
+        # positions, so the padding positions are conditioning too: nothing is trimmed.
+        embeds = out[0]
+        mask = torch.ones(embeds.shape[:2], dtype=torch.bool)
+    elif family in ("ltx-video", "ltx2"):
+        embeds, mask = out[0], out[1]  # (embeds, mask, negative embeds, negative mask)
+    elif family == "hunyuanvideo":
+        embeds, pooled, mask = out  # template prefix already cropped from embeds and mask
+    else:  # pragma: no cover
+        raise ValueError(f"unknown family {family!r}")
+    if embeds.shape[:2] != mask.shape:
+        raise RuntimeError(f"{preset.pipeline_class}: embeddings {tuple(embeds.shape)} vs mask {tuple(mask.shape)}")
+    mask = mask.to(embeds.device).bool()
+    results = []
+    for i in range(len(captions)):
+        length = int(mask[i].sum())
+        # Left padding (LTX-2) keeps the last `length` positions, right padding the first.
+        emb = embeds[i][mask[i]].clone()
+        results.append((emb, length, pooled[i].clone() if pooled is not None else None))
+    return results
+
+
+class TextEncodeStage:
+    """Ray Data map_batches actor; one instance keeps the encoder resident.
+
+    In: `caption_id`, `caption` (the final caption text: cleanup and trigger words are applied
+    before this stage). Out: the input columns plus `embedding_bytes/_shape/_dtype` ([length,
+    dim]), `length` (token count) and, for families with a pooled vector (HunyuanVideo's CLIP),
+    `pooled_embedding_*`. Identical captions in a batch are encoded once. A caption that is
+    missing or fails to encode becomes an error row (`error`, `error_stage`) instead of failing
+    the batch; those two columns appear only in batches that have such a row.
+    """
+
+    resources = Resources(num_cpus=1, num_gpus=1)
+
+    def __init__(
+        self,
+        model: str,
+        model_path: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        batch_size: int = 8,
+    ):
+        from latentforge.models import get_preset, load_text_pipeline
+
+        self.preset = get_preset(model, model_path)
+        self.device = device or default_device()
+        self.dtype_name = dtype or default_dtype(self.device)
+        if self.dtype_name not in DTYPES:
+            raise ValueError(f"dtype {self.dtype_name!r}: expected one of {', '.join(DTYPES)}")
+        self.dtype = DTYPES[self.dtype_name]
+        self.batch_size = max(1, int(batch_size or 1))
+        self.pipe = load_text_pipeline(self.preset, device=self.device, dtype=self.dtype)
+        self.has_pooled = self.preset.family == "hunyuanvideo"
+
+    @property
+    def encoder_name(self) -> str:
+        return self.preset.text_encoder_name
+
+    def _encode_all(self, texts: list[str]) -> dict[str, Any]:
+        """caption text -> (embedding, length, pooled) or the exception that encoding raised."""
+        results: dict[str, Any] = {}
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            try:
+                results.update(zip(chunk, encode_captions(self.pipe, self.preset, chunk, self.device, self.dtype)))
+            except Exception:
+                # Find the caption(s) at fault; the others still get their embedding.
+                for text in chunk:
+                    try:
+                        results[text] = encode_captions(self.pipe, self.preset, [text], self.device, self.dtype)[0]
+                    except Exception as e:  # noqa: BLE001 - one bad row never kills the job
+                        results[text] = e
+        return results
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        captions = batch["caption"]
+        n = len(captions)
+        prev_err = batch.get("error")
+        failed_before = [prev_err is not None and has_value(prev_err[i]) for i in range(n)]
+        texts: list[str | None] = [
+            str(c) if isinstance(c, str) and not failed_before[i] else None for i, c in enumerate(captions)
+        ]
+        unique = list(dict.fromkeys(t for t in texts if t is not None))
+        encoded = self._encode_all(unique)
+
+        names = ["embedding"] + (["pooled_embedding"] if self.has_pooled else [])
+        cols: dict[str, list[Any]] = {f"{nm}_{part}": [None] * n for nm in names for part in ("bytes", "shape", "dtype")}
+        lengths: list[int | None] = [None] * n
+        errors: list[str | None] = [None] * n
+        for i, text in enumerate(texts):
+            result = encoded.get(text) if text is not None else None
+            if failed_before[i]:
+                continue  # failed in an earlier stage: passes through with its error
+            if text is None:
+                errors[i] = "missing caption"
+            elif isinstance(result, Exception):
+                errors[i] = f"text encoding failed: {type(result).__name__}: {result}"
+            else:
+                emb, length, pooled = result
+                lengths[i] = length
+                for key, value in to_columns("embedding", emb).items():
+                    cols[key][i] = value
+                if self.has_pooled:
+                    for key, value in to_columns("pooled_embedding", pooled).items():
+                        cols[key][i] = value
+
+        out = dict(batch)
+        for key, values in cols.items():
+            out[key] = object_column(values)
+        out["length"] = np.array(lengths, dtype=np.int64) if all(v is not None for v in lengths) else object_column(lengths)
+        if any(errors) or prev_err is not None:
+            prev_stage = batch.get("error_stage")
+            err_col, stage_col = [], []
+            for i in range(n):
+                if prev_err is not None and has_value(prev_err[i]):
+                    err_col.append(prev_err[i])
+                    stage_col.append(prev_stage[i] if prev_stage is not None else None)
+                elif errors[i]:
+                    err_col.append(errors[i])
+                    stage_col.append(STAGE)
+                else:
+                    err_col.append(None)
+                    stage_col.append(None)
+            out["error"] = object_column(err_col)
+            out["error_stage"] = object_column(stage_col)
+        out["_seconds_encode_text"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
+        return out
+
