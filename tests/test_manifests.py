@@ -324,22 +324,6 @@ def test_media_type_of_is_case_insensitive():
 # --- object storage ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-        server.start()
-        try:
-            yield f"http://127.0.0.1:{server._server.server_port}"
-        finally:
-            server.stop()
-
-
 @pytest.fixture
 def s3(s3_endpoint, monkeypatch):
     import s3fs
