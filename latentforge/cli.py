@@ -19,9 +19,10 @@ examples:
 
 config keys (YAML; any key can be overridden with --set a.b=c):
   input, output, model, buckets, pipeline, input_format, model_path, storage_options,
-  prepare.{target_fps,resize_filter}, encode_video.{dtype,store_logvar,batch_size,micro_batch,
-  min_actors,max_actors,num_gpus}, encode_text.{enabled,trigger_word,strip_openers,dtype,
-  batch_size,min_actors,max_actors,num_gpus}, ray.{address,num_cpus,use_gpus}
+  prepare.{target_fps,resize_filter}, encode_video.{dtype,store_logvar,batch_size,min_actors,
+  max_actors,num_gpus}, encode_text.{enabled,trigger_word,strip_openers,dtype,
+  batch_size,min_actors,max_actors,num_gpus}, ray.{address,num_cpus,use_gpus,no_progress_timeout_s,
+  actor_init_retries}
 see docs/config.md for every key.
 """
 

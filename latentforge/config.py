@@ -32,7 +32,7 @@ class ActorPool(_Section):
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(1, ge=1)
     num_gpus: float = Field(1.0, ge=0, description="GPUs per actor when CUDA is present")
-    batch_size: int = Field(4, ge=1, description="rows per batch handed to one actor call")
+    batch_size: int = Field(4, ge=1, description="rows per actor call; same-shape rows of it share one model call")
 
 
 class PrepareConfig(_Section):
@@ -43,7 +43,6 @@ class PrepareConfig(_Section):
 class EncodeVideoConfig(ActorPool):
     dtype: Optional[DTYPE] = Field(None, description="VAE compute and storage dtype; default bfloat16 on GPU, float32 on CPU")
     store_logvar: bool = False
-    micro_batch: int = Field(4, ge=1, description="same-shape clips encoded in one VAE call")
 
 
 class EncodeTextConfig(ActorPool):

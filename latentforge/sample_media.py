@@ -81,3 +81,38 @@ def make_image(path: str | Path, width: int = 128, height: int = 96, seed: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(synthetic_frame(seed, width, height, shot=seed)).save(path)
     return path
+
+
+# The offline demo set: several aspect ratios and lengths, a still, a clip too short for any
+# bucket, and two clips sharing a caption (encoded once). Captions carry VLM openers on purpose.
+DEMO_CLIPS = [
+    ("landscape.mp4", 320, 180, 60, 24, (30,), "The video shows a red square gliding over a warm gradient."),
+    ("portrait.mp4", 180, 320, 40, 30, (), "A square drifts down a tall frame, lit from the side."),
+    ("square.mp4", 200, 200, 30, 24, (), "A square drifts down a tall frame, lit from the side."),
+    ("banner.mp4", 480, 160, 50, 25, (), "In this video, a wide banner of colour with a bright block moving right."),
+    ("too_short.mp4", 160, 96, 6, 24, (), "Six frames are too few for any bucket."),
+]
+DEMO_IMAGES = [("still.png", 256, 192, "A single still frame with a bright square.")]
+
+
+def make_demo_dataset(folder: str | Path) -> Path:
+    """Write the demo media and an LTX-2 style dataset.jsonl that lists it; returns the manifest."""
+    import json
+
+    folder = Path(folder)
+    lines = []
+    for name, w, h, n, fps, cuts, caption in DEMO_CLIPS:
+        make_video(folder / name, w, h, n, fps, cuts=cuts)
+        lines.append({"media_path": name, "caption": caption})
+    for name, w, h, caption in DEMO_IMAGES:
+        make_image(folder / name, w, h, seed=3)
+        lines.append({"media_path": name, "caption": caption})
+    manifest = folder / "dataset.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(make_demo_dataset(sys.argv[1] if len(sys.argv) > 1 else "examples/media"))

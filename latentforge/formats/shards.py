@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.datasource.datasink import WriteResult
@@ -160,7 +161,9 @@ class ShardDatasink(Datasink):
                 counts["written"] += 1
         for part, rows in groups.items():
             relative = join(self.table, part) if part else self.table
-            self._write(relative, rows, [r[self.key] for r in rows], drop=("error", "error_stage"))
+            # the partition value lives in the path (hive style), as pandas/pyarrow/DuckDB expect
+            drop = ("error", "error_stage") + ((self.partition,) if self.partition else ())
+            self._write(relative, rows, [r[self.key] for r in rows], drop=drop)
         if errors:
             ids = [stable_hash(r.get("uri"), r.get("start_frame"), r.get("end_frame"), r.get("error")) for r in errors]
             drop = [k for k in errors[0] if k.endswith(("_bytes", "_shape", "_dtype"))]
@@ -182,24 +185,29 @@ class ShardDatasink(Datasink):
 def existing_values(output: str, table: str, column: str, storage_options: dict[str, Any] | None = None) -> set[str]:
     """Ids already written under output/table (for resume); reads only that column."""
     fs, root = get_fs(join(output, table), storage_options)
-    if not fs.exists(root):
-        return set()
-    paths = [p for p in fs.find(root) if p.endswith(".parquet") and "/.tmp-" not in p]
     values: set[str] = set()
-    for p in paths:
+    for p in _shard_paths(fs, root):
         with fs.open(p, "rb") as f:
             values.update(pq.read_table(f, columns=[column]).column(column).to_pylist())
     return values
 
 
-def read_table(output: str, table: str, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """All shards of one output table as one Arrow table (the partition value is in each row)."""
-    fs, root = get_fs(join(output, table), storage_options)
+def _shard_paths(fs: Any, root: str) -> list[str]:
+    """Finished shards under root; temp files of interrupted writes are not shards."""
     if not fs.exists(root):
+        return []
+    return sorted(p for p in fs.find(root) if p.endswith(".parquet") and "/.tmp-" not in p)
+
+
+def read_table(output: str, table: str, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """All shards of one output table as one Arrow table, hive partitions (bucket=...) as columns."""
+    fs, root = get_fs(join(output, table), storage_options)
+    paths = _shard_paths(fs, root)
+    if not paths:
         return pa.table({})
-    paths = sorted(p for p in fs.find(root) if p.endswith(".parquet") and "/.tmp-" not in p)
-    tables = []
-    for p in paths:
-        with fs.open(p, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    dataset = pads.dataset(paths, filesystem=fs, format="parquet", partitioning="hive", partition_base_dir=root)
+    result = dataset.to_table(columns=columns)
+    for i, field in enumerate(result.schema):  # partition values come back dictionary-encoded
+        if pa.types.is_dictionary(field.type):
+            result = result.set_column(i, field.name, result.column(i).cast(field.type.value_type))
+    return result

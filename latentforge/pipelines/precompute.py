@@ -223,7 +223,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             "model_path": cfg.model_path,
             "dtype": video_pool.dtype,
             "store_logvar": video_pool.store_logvar,
-            "micro_batch": video_pool.micro_batch,
+            "micro_batch": video_pool.batch_size,
         },
         batch_size=video_pool.batch_size,
         batch_format="numpy",
