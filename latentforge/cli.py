@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latentforge: {e}", file=sys.stderr)
         return 2
 
-    from latentforge.pipelines import precompute
+    from latentforge import pipelines
 
     if args.command == "plan":
         try:
-            stages = precompute.plan(cfg, use_gpus=args.gpus)
+            stages = pipelines.plan(cfg, use_gpus=args.gpus)
         except NotImplementedError as e:
             print(f"latentforge: {e}", file=sys.stderr)
             return 2
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        summary = precompute.run(cfg)
+        summary = pipelines.run(cfg)
     except NotImplementedError as e:
         print(f"latentforge: {e}", file=sys.stderr)
         return 2

@@ -146,10 +146,13 @@ class ShardDatasink(Datasink):
         counts: Counter[str] = Counter()
         error_kinds: Counter[str] = Counter()
         seconds: Counter[str] = Counter()
+        decoded: Counter[str] = Counter()
         for row in _rows(blocks):
             for k, v in row.items():
                 if k.startswith("_seconds_") and v:
                     seconds[k[len("_seconds_") :]] += float(v)
+                elif k.startswith("_decoded_frames_") and v:
+                    decoded[k[len("_decoded_frames_") :]] += int(v)
             if is_error(row):
                 errors.append(row)
                 error_kinds[error_kind(row)] += 1
@@ -169,17 +172,14 @@ class ShardDatasink(Datasink):
             drop = [k for k in errors[0] if k.endswith(("_bytes", "_shape", "_dtype"))]
             self._write(ERRORS, errors, ids, drop)
         seconds[f"write_{self.table}"] += time.perf_counter() - t0
-        return {"counts": dict(counts), "errors": dict(error_kinds), "seconds": dict(seconds)}
+        return {"counts": dict(counts), "errors": dict(error_kinds), "seconds": dict(seconds), "decoded_frames": dict(decoded)}
 
     def on_write_complete(self, write_result: WriteResult) -> None:
-        counts: Counter[str] = Counter()
-        errors: Counter[str] = Counter()
-        seconds: Counter[str] = Counter()
+        totals: dict[str, Counter] = {key: Counter() for key in ("counts", "errors", "seconds", "decoded_frames")}
         for r in write_result.write_returns:
-            counts.update(r["counts"])
-            errors.update(r["errors"])
-            seconds.update(r["seconds"])
-        self.result = {"counts": dict(counts), "errors": dict(errors), "seconds": dict(seconds)}
+            for key, total in totals.items():
+                total.update(r[key])
+        self.result = {key: dict(total) for key, total in totals.items()}
 
 
 def existing_values(output: str, table: str, column: str, storage_options: dict[str, Any] | None = None) -> set[str]:

@@ -73,6 +73,7 @@ def decode_video_frames(
     bucket: Bucket,
     rotation: int = 0,
     resize_filter: str = "area",
+    stats: dict[str, int] | None = None,
 ) -> np.ndarray:
     """Decode the given source frame indices, resized to cover `bucket` and center-cropped.
 
@@ -124,6 +125,8 @@ def decode_video_frames(
                     out[i] = current
             if index >= last:
                 break
+    if stats is not None:
+        stats["decoded"] = counter + 1
     missing = [i for i in wanted if i not in out]
     if missing:
         raise ValueError(
@@ -151,11 +154,13 @@ def load_frames(
     """Row with a bucket -> row with `frames` (uint8 [F, H, W, 3]) and `num_frames` = F."""
     out = {"frames": NO_FRAMES, **row}
     out.setdefault("_seconds_prepare", 0.0)
+    out.setdefault("_decoded_frames_prepare", 0)
     if is_error(row):
         return out
     t0 = time.perf_counter()
     w, h, f = (int(v) for v in row["bucket"].split("x"))
     bucket = Bucket(w, h, f)
+    stats = {"decoded": 1}
     try:
         with open_media(row["uri"], storage_options) as source:
             if row["media_type"] == "image":
@@ -164,7 +169,7 @@ def load_frames(
                 source_fps = float(row.get("source_fps") or row["fps"])
                 indices = frame_indices(int(row["start_frame"]), f, source_fps, target_fps)
                 frames = decode_video_frames(
-                    source, int(row["start_frame"]), indices, bucket, int(row.get("rotation") or 0), resize_filter
+                    source, int(row["start_frame"]), indices, bucket, int(row.get("rotation") or 0), resize_filter, stats
                 )
     except Exception as e:  # noqa: BLE001 - a bad file fails its row, not the job
         reason = str(e).strip() or type(e).__name__
@@ -172,5 +177,6 @@ def load_frames(
     out["frames"] = frames
     out["num_frames"] = int(frames.shape[0])
     out["_seconds_prepare"] = time.perf_counter() - t0
+    out["_decoded_frames_prepare"] = stats["decoded"]
     return out
 

@@ -30,7 +30,7 @@ from latentforge.operators import frames as frames_op
 from latentforge.operators import probe as probe_op
 from latentforge.operators import text as text_op
 from latentforge.operators import vae as vae_op
-from latentforge.operators.base import is_error
+from latentforge.operators.base import has_value, is_error
 from latentforge.operators.captions import caption_id, final_caption
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
@@ -72,6 +72,8 @@ def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
             f"pipeline {cfg.pipeline!r} is not available yet: this version runs 'precompute' "
             "(scene splitting and captioning are being built)"
         )
+    # (issues 3 and 4) pipeline "all" adds split_scenes and caption stages between probe and
+    # prepare here, from latentforge.pipelines.split / .caption.
     preset = get_preset(cfg.model, cfg.model_path)
     use_gpus = bool(use_gpus)
     dev_dtype = "bfloat16" if use_gpus else "float32"
@@ -113,16 +115,17 @@ def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
     return stages
 
 
-def _source_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
-    """Manifest rows with the final caption text and its caption_id."""
-    rows = read_manifest(cfg.input, cfg.input_format, cfg.storage_options)
-    for row in rows:
-        text = row.get("caption")
-        if text is not None and not is_error(row):
-            text = final_caption(text, cfg.encode_text.trigger_word, cfg.encode_text.strip_openers) or None
-        row["caption"] = text
-        row["caption_id"] = caption_id(text) if text else None
-    return rows
+def finalize_caption(row: dict[str, Any], trigger_word: str | None, strip_openers: bool) -> dict[str, Any]:
+    """The text that will be encoded, and its caption_id. Runs after any captioning stage."""
+    out = dict(row)
+    text = row.get("caption")
+    if has_value(text) and not is_error(row):
+        text = final_caption(text, trigger_word, strip_openers) or None
+    else:
+        text = text if has_value(text) else None
+    out["caption"] = text
+    out["caption_id"] = caption_id(text) if text else None
+    return out
 
 
 def _bucket_and_skip(row: dict[str, Any], buckets: list, target_fps: float | None, done: frozenset) -> dict[str, Any]:
@@ -133,7 +136,7 @@ def _bucket_and_skip(row: dict[str, Any], buckets: list, target_fps: float | Non
 
 def _prepare(row: dict[str, Any], target_fps: float | None, resize_filter: str, storage_options: dict) -> dict[str, Any]:
     if row.get("_done"):
-        return {"frames": frames_op.NO_FRAMES, "_seconds_prepare": 0.0, **row}
+        return {"frames": frames_op.NO_FRAMES, "_seconds_prepare": 0.0, "_decoded_frames_prepare": 0, **row}
     return frames_op.load_frames(row, target_fps, resize_filter, storage_options)
 
 
@@ -192,7 +195,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     target_fps = cfg.prepare.target_fps
     so = cfg.storage_options
 
-    rows = _source_rows(cfg)
+    rows = read_manifest(cfg.input, cfg.input_format, so)
     done = frozenset(existing_values(cfg.output, LATENTS, "sample_id", so))
     _clear_errors(cfg)
     log.info("latentforge: %d input rows, %d finished samples already in %s", len(rows), len(done), cfg.output)
@@ -210,6 +213,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     t_video = time.perf_counter()
     ds = ray.data.from_items(rows)
     ds = ds.map(probe_op.probe, fn_kwargs={"storage_options": so}, num_cpus=probe_op.RESOURCES.num_cpus)
+    ds = ds.map(
+        finalize_caption,
+        fn_kwargs={"trigger_word": cfg.encode_text.trigger_word, "strip_openers": cfg.encode_text.strip_openers},
+        num_cpus=0.25,
+    )
     ds = ds.map(_bucket_and_skip, fn_kwargs={"buckets": buckets, "target_fps": target_fps, "done": done}, num_cpus=0.25)
     ds = ds.map(
         _prepare,
@@ -243,6 +251,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "errors_by_reason": latent_sink.result.get("errors", {}),
     }
     stage_seconds = dict(latent_sink.result.get("seconds", {}))
+    decoded_frames = dict(latent_sink.result.get("decoded_frames", {}))
     text_wall = 0.0
     if cfg.encode_text.enabled:
         t_text = time.perf_counter()
@@ -258,6 +267,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "wall_seconds": round(time.time() - started, 3),
         "phase_wall_seconds": {"video": round(video_wall, 3), "text": round(text_wall, 3)},
         "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
+        "decoded_frames": decoded_frames,
         "counts": counts,
         "model": {
             "preset": preset.name,
