@@ -67,19 +67,18 @@ def _pool_resources(pool: Any, use_gpus: bool, cpu_actors: float) -> str:
 
 def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
     """The stages this config runs, with buckets, models and resources, without running them."""
-    if cfg.pipeline != "precompute":
+    if cfg.pipeline not in ("precompute", "all"):
         raise NotImplementedError(
             f"pipeline {cfg.pipeline!r} is not available yet: this version runs 'precompute' "
             "(scene splitting and captioning are being built)"
         )
-    # (issues 3 and 4) pipeline "all" adds split_scenes and caption stages between probe and
-    # prepare here, from latentforge.pipelines.split / .caption.
     preset = get_preset(cfg.model, cfg.model_path)
     use_gpus = bool(use_gpus)
     dev_dtype = "bfloat16" if use_gpus else "float32"
     stages = [
         StagePlan("source", "driver", "-", f"read {cfg.input} (format: {cfg.input_format})"),
         StagePlan("probe", "map", f"{probe_op.RESOURCES.num_cpus:g} CPU/task", "container metadata via PyAV; unreadable media -> error rows"),
+        *[stage for name in CLIP_STAGES if stage_enabled(cfg, name) for stage in _clip_stage_module(name).plan_stages(cfg)],
         StagePlan(
             "prepare",
             "map",
@@ -126,6 +125,26 @@ def finalize_caption(row: dict[str, Any], trigger_word: str | None, strip_opener
     out["caption"] = text
     out["caption_id"] = caption_id(text) if text else None
     return out
+
+
+# Optional stages between probe and prepare, in order; each lives in latentforge.pipelines.<name>
+# with `add_stage(ds, cfg) -> ds` and `plan_stages(cfg) -> list[StagePlan]`, and is configured
+# by the config section of the same name.
+CLIP_STAGES = ("split", "caption")
+
+
+def stage_enabled(cfg: PipelineConfig, name: str) -> bool:
+    """`pipeline: all` runs every stage; otherwise a stage runs when its section says enabled."""
+    section = getattr(cfg, name, None)
+    if section is None:
+        return False
+    return cfg.pipeline == "all" or bool(getattr(section, "enabled", False))
+
+
+def _clip_stage_module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"latentforge.pipelines.{name}")
 
 
 def _bucket_and_skip(row: dict[str, Any], buckets: list, target_fps: float | None, done: frozenset) -> dict[str, Any]:
@@ -213,6 +232,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     t_video = time.perf_counter()
     ds = ray.data.from_items(rows)
     ds = ds.map(probe_op.probe, fn_kwargs={"storage_options": so}, num_cpus=probe_op.RESOURCES.num_cpus)
+    for name in CLIP_STAGES:
+        if stage_enabled(cfg, name):
+            ds = _clip_stage_module(name).add_stage(ds, cfg)
     ds = ds.map(
         finalize_caption,
         fn_kwargs={"trigger_word": cfg.encode_text.trigger_word, "strip_openers": cfg.encode_text.strip_openers},
