@@ -19,6 +19,17 @@ def _tiny_model_home(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def tiny_home(_tiny_model_home) -> Path:
+    """Every tiny twin built once per session (they are cached under LATENTFORGE_HOME)."""
+    from latentforge.models import PRESETS, model_root
+
+    for name, preset in PRESETS.items():
+        if preset.tiny and name != "tiny":
+            model_root(name)
+    return Path(os.environ["LATENTFORGE_HOME"])
+
+
 @pytest.fixture
 def shared_media() -> Path:
     if not (SHARED_MEDIA / "README.md").exists():

@@ -21,14 +21,6 @@ REAL = ["ltx2", "ltx-video", "wan2.1", "wan2.2", "cogvideox", "hunyuanvideo"]
 TINY = [f"tiny-{n}" for n in REAL]
 
 
-@pytest.fixture(scope="session")
-def tiny_home(tmp_path_factory) -> Path:
-    """Every tiny twin, built once per session into a private home (conftest usually set it)."""
-    if "LATENTFORGE_HOME" not in os.environ:
-        os.environ["LATENTFORGE_HOME"] = str(tmp_path_factory.mktemp("latentforge_home"))
-    for name in TINY:
-        model_root(name)
-    return Path(os.environ["LATENTFORGE_HOME"])
 
 
 def test_every_preset_resolves():

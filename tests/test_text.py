@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,6 @@ CAPTIONS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_text_home(tmp_path_factory) -> Path:
-    if "LATENTFORGE_HOME" not in os.environ:
-        os.environ["LATENTFORGE_HOME"] = str(tmp_path_factory.mktemp("latentforge_home"))
-    for name in TINY_TEXT:
-        model_root(name)
-    return Path(os.environ["LATENTFORGE_HOME"])
 
 
 def fresh_pipeline(name: str, dtype: torch.dtype = torch.float32):
@@ -98,7 +90,7 @@ def row(out: dict[str, np.ndarray], i: int) -> dict:
 
 
 @pytest.mark.parametrize("name", TINY_TEXT)
-def test_stage_matches_encode_prompt(tiny_text_home, name):
+def test_stage_matches_encode_prompt(tiny_home, name):
     preset = get_preset(name)
     stage = TextEncodeStage(name, device="cpu", batch_size=3)  # 5 rows -> more than one encoder call
     assert stage.dtype_name == "float32" and stage.encoder_name == preset.text_encoder_name
@@ -133,7 +125,7 @@ def test_stage_matches_encode_prompt(tiny_text_home, name):
     torch.testing.assert_close(from_columns(row(out, 0), "embedding"), from_columns(row(out, 4), "embedding"))
 
 
-def test_ltx2_embedding_is_all_gemma_layers_left_padded(tiny_text_home):
+def test_ltx2_embedding_is_all_gemma_layers_left_padded(tiny_home):
     """LTX-2 stores Gemma's hidden states of every layer, stacked per token, taken from the
     right end of the left-padded sequence."""
     preset = get_preset("tiny-ltx2")
@@ -148,7 +140,7 @@ def test_ltx2_embedding_is_all_gemma_layers_left_padded(tiny_text_home):
     assert set(ids[: preset.max_sequence_length - length]) == {stage.pipe.tokenizer.pad_token_id}
 
 
-def test_truncated_caption_has_max_length(tiny_text_home):
+def test_truncated_caption_has_max_length(tiny_home):
     preset = get_preset("tiny-ltx-video")  # 128 tokens
     long_caption = " ".join(["a red car drives along the road"] * 40)
     out = run_stage(TextEncodeStage("tiny-ltx-video", device="cpu"), [long_caption])
@@ -158,7 +150,7 @@ def test_truncated_caption_has_max_length(tiny_text_home):
 
 
 @pytest.mark.parametrize("name", ["tiny-wan2.1", "tiny-ltx2"])
-def test_bfloat16_round_trip(tiny_text_home, name):
+def test_bfloat16_round_trip(tiny_home, name):
     preset = get_preset(name)
     stage = TextEncodeStage(name, device="cpu", dtype="bfloat16")
     assert stage.pipe.text_encoder.dtype == torch.bfloat16
@@ -174,12 +166,12 @@ def test_bfloat16_round_trip(tiny_text_home, name):
         torch.testing.assert_close(stored, want)
 
 
-def test_unknown_dtype_is_refused(tiny_text_home):
+def test_unknown_dtype_is_refused(tiny_home):
     with pytest.raises(ValueError, match="bfloat16"):
         TextEncodeStage("tiny", device="cpu", dtype="int8")
 
 
-def test_bad_rows_become_error_rows(tiny_text_home):
+def test_bad_rows_become_error_rows(tiny_home):
     stage = TextEncodeStage("tiny", device="cpu")
     batch = {
         "caption_id": np.array(["a", "b", "c"], dtype=object),
@@ -197,7 +189,7 @@ def test_bad_rows_become_error_rows(tiny_text_home):
         assert len(out[col]) == 3 and out[col][1] is None and out[col][2] is None
 
 
-def test_resources_and_defaults(tiny_text_home):
+def test_resources_and_defaults(tiny_home):
     assert TextEncodeStage.resources.num_gpus == 1 and TextEncodeStage.resources.num_cpus == 1
     stage = TextEncodeStage("tiny")
     assert stage.device == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -31,17 +31,10 @@ import numpy as np
 import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
+from latentforge.operators.devices import default_device, default_dtype
 from latentforge.operators.base import Resources, has_value, object_column
 
 STAGE = "encode_text"
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str | torch.device) -> str:
-    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
 
 
 def _tokenizer_mask(pipe, preset, captions: Sequence[str]) -> torch.Tensor:

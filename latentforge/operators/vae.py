@@ -14,19 +14,11 @@ import numpy as np
 import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
+from latentforge.operators.devices import default_device, default_dtype
 from latentforge.operators.base import Resources, has_value, object_column
 
 RESOURCES = Resources(num_cpus=1, num_gpus=1)
 STAGE = "encode_video"
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str) -> str:
-    """bf16 on GPU as the trainers use; float32 on CPU, where bf16 convolutions are slow."""
-    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 def frames_to_input(frames: np.ndarray) -> torch.Tensor:
