@@ -270,7 +270,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "latents_written": latent_sink.result.get("counts", {}).get("written", 0),
         "latents_skipped_existing": latent_sink.result.get("counts", {}).get("skipped_existing", 0),
         "errors": sum(latent_sink.result.get("errors", {}).values()),
-        "errors_by_reason": latent_sink.result.get("errors", {}),
+        "errors_by_reason": dict(latent_sink.result.get("errors", {})),
     }
     stage_seconds = dict(latent_sink.result.get("seconds", {}))
     decoded_frames = dict(latent_sink.result.get("decoded_frames", {}))
@@ -278,6 +278,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.encode_text.enabled:
         t_text = time.perf_counter()
         text_counts, text_seconds = _encode_text(cfg, preset, use_gpus)
+        for reason, n in text_counts.pop("text_errors_by_reason", {}).items():
+            counts["errors_by_reason"][reason] = counts["errors_by_reason"].get(reason, 0) + n
+            counts["errors"] += n
         counts.update(text_counts)
         stage_seconds.update(text_seconds)
         text_wall = time.perf_counter() - t_text
@@ -355,4 +358,5 @@ def _encode_text(cfg: PipelineConfig, preset: Any, use_gpus: bool) -> tuple[dict
     sink = ShardDatasink(cfg.output, encoder_table, key="caption_id", storage_options=so, metadata=metadata)
     ds.write_datasink(sink)
     counts["embeddings_written"] = sink.result.get("counts", {}).get("written", 0)
+    counts["text_errors_by_reason"] = sink.result.get("errors", {})
     return counts, dict(sink.result.get("seconds", {}))
