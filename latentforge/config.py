@@ -7,10 +7,10 @@ the per-stage sections are named after the stages they tune.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from latentforge.buckets import Bucket, BucketError, parse_buckets, validate_buckets
 
@@ -53,6 +53,162 @@ class EncodeTextConfig(ActorPool):
     batch_size: int = Field(16, ge=1)
 
 
+class CaptionConfig(ActorPool):
+    """Captioning (docs/captioning.md): a VLM actor pool or an OpenAI-compatible endpoint."""
+
+    enabled: bool = Field(False, description="caption inside `latentforge run` (pipeline: precompute); always on for pipeline: caption / all")
+    backend: Literal["transformers", "openai"] = "transformers"
+    task: Literal["describe", "edit"] = Field("describe", description="edit: ChronoEdit instruction from the first and last frame")
+    cot: bool = Field(False, description="edit task: the expanded 80-100 word reasoning prompt instead of one sentence")
+    model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="Hub id, a tiny twin (tiny-qwen2.5-vl, tiny-qwen3-vl, ...), or the served model name")
+    model_path: Optional[str] = Field(None, description="local transformers folder instead of the Hub id")
+    family: Literal["auto", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen2.5-omni"] = "auto"
+    override: bool = Field(False, description="caption every row, replacing existing captions")
+    fps: float = Field(2.0, gt=0, description="frames sampled per second of the clip")
+    max_frames: int = Field(32, ge=1, description="at most this many frames per clip (sampled evenly when more)")
+    max_pixels: int = Field(640 * 360, ge=28 * 28, description="pixel budget per frame (W*H), aspect kept")
+    prompt: Literal["default", "short"] = "default"
+    prompt_file: Optional[str] = Field(None, description="text file with a custom prompt; replaces `prompt`")
+    max_new_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0: greedy decoding")
+    dtype: Optional[DTYPE] = Field(None, description="default bfloat16 on GPU, float32 on CPU")
+    use_8bit: bool = Field(False, description="bitsandbytes 8-bit weights (CUDA only)")
+    use_4bit: bool = Field(False, description="bitsandbytes 4-bit NF4 weights (CUDA only)")
+    attn_implementation: Optional[Literal["sdpa", "eager", "flash_attention_2"]] = None
+    no_audio: bool = Field(False, description="audio-aware models (Qwen2.5-Omni): do not feed the audio track")
+    base_url: Optional[str] = Field(None, description="openai backend: e.g. http://vllm:8000/v1")
+    api_key_env: Optional[str] = Field(None, description="name of the environment variable holding the API key")
+    concurrency: int = Field(8, ge=1, description="openai backend: requests in flight per actor")
+    timeout_s: float = Field(120.0, gt=0, description="openai backend: per-request timeout")
+    max_retries: int = Field(5, ge=0, description="openai backend: retries on 429, 5xx, timeouts")
+    backoff_s: float = Field(1.0, ge=0, description="openai backend: first retry delay, doubled each time")
+    send_video: bool = Field(False, description="openai backend: send an mp4 (video_url) instead of JPEG frames")
+    manifest: Optional[str] = Field(None, description="pipeline: caption output manifest (.jsonl/.json/.csv); default <output>/captions.jsonl")
+    num_cpus: Optional[float] = Field(
+        None, ge=0, description="CPUs reserved per caption actor; default 1 with GPUs, 0 on CPU-only runs (the actor shares CPUs)"
+    )
+    batch_size: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CaptionConfig":
+        if self.use_8bit and self.use_4bit:
+            raise ValueError("caption.use_8bit and caption.use_4bit are both true: choose one")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("caption.base_url is required when caption.backend is 'openai' (e.g. http://localhost:8000/v1)")
+        if self.prompt_file and not Path(self.prompt_file).is_file():
+            raise ValueError(f"caption.prompt_file: file not found: {self.prompt_file}")
+        if self.manifest and not self.manifest.lower().endswith((".jsonl", ".json", ".csv")):
+            raise ValueError(f"caption.manifest: {self.manifest!r} must end with .jsonl, .json or .csv")
+        return self
+
+
+Duration = Union[int, float, str]  # frames (15), seconds (2.5, "5s") or a timecode ("00:00:05.000")
+Weights = tuple[float, float, float, float]  # delta_hue, delta_sat, delta_lum, delta_edges
+
+
+class ContentParams(_Section):
+    """PySceneDetect ContentDetector (`detect-content`): HSV change between adjacent frames."""
+
+    threshold: float = Field(27.0, ge=0, description="frame score (0-255) at or above which a cut is found")
+    weights: Weights = Field((1.0, 1.0, 1.0, 0.0), description="hue, saturation, luma, edges weights of the score")
+    luma_only: bool = Field(False, description="score on brightness only (weights 0, 0, 1, 0)")
+    kernel_size: Optional[int] = Field(None, ge=3, description="edge dilation kernel (odd); default from frame size")
+    filter_mode: Literal["merge", "suppress"] = Field("merge", description="how cuts closer than min_scene_len are handled")
+
+
+class AdaptiveParams(_Section):
+    """PySceneDetect AdaptiveDetector (`detect-adaptive`): content score against its rolling average."""
+
+    adaptive_threshold: float = Field(3.0, gt=0, description="score / average of the window around it")
+    window_width: int = Field(2, ge=1, description="frames either side in the rolling average")
+    min_content_val: float = Field(15.0, ge=0, description="least content score for a cut")
+    weights: Weights = (1.0, 1.0, 1.0, 0.0)
+    luma_only: bool = False
+    kernel_size: Optional[int] = Field(None, ge=3)
+
+
+class ThresholdParams(_Section):
+    """PySceneDetect ThresholdDetector (`detect-threshold`): fades to and from black (or white)."""
+
+    threshold: float = Field(12.0, ge=0, le=255, description="mean pixel level that counts as faded out")
+    fade_bias: float = Field(0.0, ge=-1, le=1, description="-1: cut at the fade out, 0: middle, +1: at the fade in")
+    add_final_scene: bool = Field(False, description="cut where a final fade out starts")
+    method: Literal["floor", "ceiling"] = Field("floor", description="floor: below threshold is faded; ceiling: above")
+    min_out_length: Duration = Field(0, description="least time faded out for a cut")
+
+
+class HistogramParams(_Section):
+    """PySceneDetect HistogramDetector (`detect-hist`): luma histogram correlation."""
+
+    threshold: float = Field(0.2, ge=0, le=1, description="least change (1 - correlation) for a cut")
+    bins: int = Field(128, ge=2, le=256)
+
+
+class HashParams(_Section):
+    """PySceneDetect HashDetector (`detect-hash`): perceptual hash distance."""
+
+    threshold: float = Field(0.35, ge=0, le=1, description="least fraction of hash bits that differ for a cut")
+    size: int = Field(8, ge=2, description="hash side (size x size bits)")
+    lowpass: int = Field(2, ge=1, description="frame shrunk to size * lowpass before the DCT")
+
+
+class SplitConfig(_Section):
+    """Scene splitting (docs/scenes.md): one row per clip, optionally one file per clip."""
+
+    enabled: bool = Field(False, description="split inside `latentforge run` (pipeline: precompute); always on for pipeline: split / all")
+    detector: Literal["content", "adaptive", "threshold", "histogram", "hash"] = "content"
+    min_scene_len: Duration = Field(15, description="detector: no cut closer than this to the previous one")
+    content: ContentParams = Field(default_factory=ContentParams)
+    adaptive: AdaptiveParams = Field(default_factory=AdaptiveParams)
+    threshold: ThresholdParams = Field(default_factory=ThresholdParams)
+    histogram: HistogramParams = Field(default_factory=HistogramParams)
+    hash: HashParams = Field(default_factory=HashParams)
+    skip_start: Optional[Duration] = Field(None, description="drop this much at the start of each video (intros)")
+    skip_end: Optional[Duration] = Field(None, description="drop this much at the end of each video (credits)")
+    max_scene_len: Optional[Duration] = Field(None, description="cut longer scenes into consecutive pieces of this length")
+    filter_shorter_than: Optional[Duration] = Field(None, description="drop clips shorter than this (after max_scene_len)")
+    max_scenes: Optional[int] = Field(None, ge=1, description="keep the first N clips of each video")
+    mode: Literal["virtual", "reencode", "copy"] = Field("virtual", description="virtual: spans only; reencode / copy: clip files")
+    crf: int = Field(22, ge=0, le=51, description="reencode: libx264 quality (lower is better)")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
+    audio: bool = Field(True, description="clip files keep the audio of their span (AAC when re-encoded)")
+    clip_name: str = Field("{stem}-Scene-{scene:03d}", description="clip file name: {stem}, {scene} (1-based), {hash}, {start}")
+    detect_size: int = Field(256, ge=16, description="longer side of the frames the detector sees (FFmpeg scales to it)")
+    segment_seconds: Optional[float] = Field(600.0, gt=0, description="videos longer than this are detected in parallel segments")
+    overlap_seconds: float = Field(5.0, ge=0, description="frames each segment also reads either side of its own range")
+
+    @field_validator("min_scene_len", "skip_start", "skip_end", "max_scene_len", "filter_shorter_than")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        from latentforge.operators.scenes import parse_duration
+
+        if value is not None:
+            parse_duration(value)  # frames, seconds or a timecode; the message says which forms
+        return value
+
+    @field_validator("max_scene_len")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        from latentforge.operators.scenes import parse_duration
+
+        if value is not None and parse_duration(value)[1] <= 0:
+            raise ValueError("must be longer than 0")
+        return value
+
+    @field_validator("clip_name")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if "{scene" not in value:
+            raise ValueError("must contain {scene} (or {scene:03d}) so clips of one video get different names")
+        try:
+            value.format(stem="clip", scene=1, hash="0" * 8, start=0)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"placeholders are {{stem}}, {{scene}}, {{hash}}, {{start}} ({e})") from None
+        if "/" in value:
+            raise ValueError("must be a file name, not a path")
+        return value
+
+
 class RayConfig(_Section):
     address: Optional[str] = Field(None, description="cluster to join; default: RAY_ADDRESS, else an embedded local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs for the embedded local Ray")
@@ -76,6 +232,8 @@ class PipelineConfig(_Section):
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     encode_video: EncodeVideoConfig = Field(default_factory=EncodeVideoConfig)
     encode_text: EncodeTextConfig = Field(default_factory=EncodeTextConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("model")
@@ -97,6 +255,17 @@ class PipelineConfig(_Section):
         return buckets
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads 00:00:05 or 1:30 as base-60 numbers (5, 90); here they stay strings, so a
+    timecode such as split.skip_start: 00:01:30 means 90 seconds, not 90 frames."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and ":" in str(value) and tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            return "tag:yaml.org,2002:str"
+        return tag
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'a.b=c' -> (['a', 'b'], value), the value read as YAML so numbers and booleans type."""
     if "=" not in text:
@@ -105,7 +274,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"--set {text!r}: empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else ""
     if keys[-1] in {"buckets", "input", "output", "model", "model_path", "trigger_word"} and value is not None:
         value = str(raw.strip())  # never let YAML turn '480x832x49' or 'yes' into something else
     return keys, value
@@ -141,7 +310,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.load(Path(path).read_text(), Loader=_YamlLoader)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as e:

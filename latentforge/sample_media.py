@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import colorsys
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
 import numpy as np
@@ -40,8 +41,19 @@ def make_video(
     cuts: Sequence[int] = (),
     audio: bool = False,
     rotation: int | None = None,
+    fades: Sequence[int] = (),
+    fade_length: int = 8,
+    frame_fn: Callable[[int, int, int, int], np.ndarray] | None = None,
 ) -> Path:
-    """Encode an H.264 mp4; `cuts` are the first frames of new shots (0-based)."""
+    """Encode an H.264 mp4; `cuts` are the first frames of new shots (0-based).
+
+    `fades` are shot changes through black: the `fade_length` frames before such a frame fade
+    the old shot out (the last one black), and it and the next `fade_length - 1` fade the new
+    shot in from black, so a fade detector's cut lands on the listed frame. `frame_fn(index,
+    width, height, shot)` draws a frame (default `synthetic_frame`; `scene_frame` gives shots
+    that differ in brightness and texture as well as hue).
+    """
+    draw = frame_fn or synthetic_frame
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
@@ -54,9 +66,13 @@ def make_video(
         audio_stream = container.add_stream("aac", rate=16000) if audio else None
         shot = 0
         for i in range(num_frames):
-            if i in cuts:
+            if i in cuts or i in fades:
                 shot += 1
-            frame = av.VideoFrame.from_ndarray(synthetic_frame(i, width, height, shot), format="rgb24")
+            image = draw(i, width, height, shot)
+            gain = _fade_gain(i, fades, fade_length)
+            if gain < 1.0:
+                image = (image.astype(np.float32) * gain).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -73,6 +89,53 @@ def make_video(
             for packet in audio_stream.encode():
                 container.mux(packet)
     return path
+
+
+def _fade_gain(index: int, fades: Sequence[int], length: int) -> float:
+    """Brightness factor of frame `index` around fades through black (1.0 away from them)."""
+    for b in fades:
+        if b - length <= index < b:
+            return (b - 1 - index) / length  # fading out; frame b - 1 is black
+        if b <= index < b + length:
+            return (index - b) / length  # fading in from black at frame b
+    return 1.0
+
+
+@lru_cache(maxsize=16)
+def _scene_background(width: int, height: int, shot: int) -> np.ndarray:
+    """A shot's still background: its own hue, a bright or dark level (alternating), a broad
+    gradient in its own direction (what a perceptual hash sees) and a fine stripe texture."""
+    rng = np.random.default_rng(shot)
+    hue = (shot * 0.37) % 1.0
+    sat = 0.3 + 0.4 * rng.random()
+    val = (0.8 + 0.15 * rng.random()) if shot % 2 == 0 else (0.3 + 0.15 * rng.random())
+    base = np.array(colorsys.hsv_to_rgb(hue, sat, val), dtype=np.float32) * 255
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    xs, ys = xs / max(1, width), ys / max(1, height)
+    fx, fy = rng.uniform(0.5, 2.5, 2) * rng.choice([-1, 1], 2)  # 0.5 to 2.5 waves across the frame
+    broad = 0.5 + 0.5 * np.sin(2 * np.pi * (fx * xs + fy * ys) + rng.random() * 2 * np.pi)
+    fine = np.sin(2 * np.pi * (xs * width) / (6 + 10 * rng.random()))
+    level = 0.4 + 0.6 * broad + 0.05 * fine
+    return np.clip(base[None, None, :] * level[..., None], 0, 255).astype(np.uint8)
+
+
+def _bounce(position: int, span: int) -> int:
+    if span <= 0:
+        return 0
+    position %= 2 * span
+    return position if position < span else 2 * span - position
+
+
+def scene_frame(index: int, width: int, height: int, shot: int = 0) -> np.ndarray:
+    """Like `synthetic_frame`, but each shot also has its own brightness and broad pattern, so
+    PySceneDetect's colour, luma-histogram and (at a lower threshold) hash detectors see its cuts;
+    the square moves back and forth and never jumps, so nothing but a cut looks like one."""
+    frame = _scene_background(width, height, shot).copy()
+    side = max(4, min(width, height) // 5)
+    x = _bounce(index * max(1, width // 64), width - side)  # moves back and forth, never jumps
+    y = _bounce(index * max(1, height // 96), height - side)
+    frame[y : y + side, x : x + side] = 255 - frame[y : y + side, x : x + side]
+    return frame
 
 
 def make_image(path: str | Path, width: int = 128, height: int = 96, seed: int = 0) -> Path:

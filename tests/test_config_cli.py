@@ -66,9 +66,9 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     path = _write(tmp_path, "input: in/\noutput: out/\nmodel: wan2.1\nbuckets: 832x480x50\n")
     assert main(["run", str(path)]) == 2
     assert "F % 4 == 1" in capsys.readouterr().err
-    path = _write(tmp_path, "input: in/\noutput: out/\npipeline: split\n")
+    path = _write(tmp_path, "input: in/\noutput: out/\npipeline: split\nsplit:\n  detector: fancy\n")
     assert main(["plan", str(path)]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "split.detector: Input should be 'content', 'adaptive'" in capsys.readouterr().err
 
 
 def test_help_explains_commands(capsys):

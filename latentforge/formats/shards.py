@@ -48,6 +48,12 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "error": pa.string(),
     "error_stage": pa.string(),
     "length": pa.int64(),
+    "scene_index": pa.int64(),
+    "parent_start_frame": pa.int64(),
+    "parent_end_frame": pa.int64(),
+    "parent_uri": pa.string(),
+    "start_time": pa.float64(),
+    "end_time": pa.float64(),
 }
 for _name in ("latent", "logvar", "embedding", "pooled_embedding"):
     COLUMN_TYPES[f"{_name}_bytes"] = pa.binary()

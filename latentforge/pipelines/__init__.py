@@ -1,6 +1,8 @@
 """Named pipelines. `run` and `plan` pick the one a config names.
 
 precompute: manifest -> probe -> prepare -> encode_video -> encode_text -> shards.
+caption: manifest -> probe -> caption -> a reviewable caption manifest (pipelines/caption.py).
+split: manifest -> probe -> split_scenes -> clips.jsonl (+ clip files) (pipelines/split.py).
 """
 
 from __future__ import annotations
@@ -9,12 +11,28 @@ from typing import Any
 
 
 def plan(cfg: Any, use_gpus: bool | None = None) -> list:
+    if cfg.pipeline == "caption":
+        from latentforge.pipelines import caption
+
+        return caption.plan(cfg, use_gpus)
+    if cfg.pipeline == "split":
+        from latentforge.pipelines import split
+
+        return split.plan(cfg, use_gpus)
     from latentforge.pipelines import precompute
 
     return precompute.plan(cfg, use_gpus)
 
 
 def run(cfg: Any) -> dict[str, Any]:
+    if cfg.pipeline == "caption":
+        from latentforge.pipelines import caption
+
+        return caption.run(cfg)
+    if cfg.pipeline == "split":
+        from latentforge.pipelines import split
+
+        return split.run(cfg)
     from latentforge.pipelines import precompute
 
     return precompute.run(cfg)
