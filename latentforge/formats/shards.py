@@ -173,19 +173,37 @@ class ShardDatasink(Datasink):
             # the partition value lives in the path (hive style), as pandas/pyarrow/DuckDB expect
             drop = ("error", "error_stage") + ((self.partition,) if self.partition else ())
             self._write(relative, rows, [r[self.key] for r in rows], drop=drop)
-        if errors:
-            ids = [stable_hash(r.get("uri"), r.get("start_frame"), r.get("end_frame"), r.get("error")) for r in errors]
-            drop = [k for k in errors[0] if k.endswith(("_bytes", "_shape", "_dtype"))]
-            self._write(ERRORS, errors, ids, drop)
+        write_error_shard(self.output, errors, self.storage_options)
         seconds[f"write_{self.table}"] += time.perf_counter() - t0
         return {"counts": dict(counts), "errors": dict(error_kinds), "seconds": dict(seconds), "decoded_frames": dict(decoded)}
 
     def on_write_complete(self, write_result: WriteResult) -> None:
-        totals: dict[str, Counter] = {key: Counter() for key in ("counts", "errors", "seconds", "decoded_frames")}
-        for r in write_result.write_returns:
-            for key, total in totals.items():
-                total.update(r[key])
-        self.result = {key: dict(total) for key, total in totals.items()}
+        self.result = sum_write_returns(write_result.write_returns, ("counts", "errors", "seconds", "decoded_frames"))
+
+
+def write_error_shard(output: str, errors: list[dict[str, Any]], storage_options: dict[str, Any] | None = None) -> None:
+    """One shard of failed rows under output/errors/, named by the rows it holds; tensors dropped."""
+    if not errors:
+        return
+    ids = [stable_hash(r.get("uri"), r.get("start_frame"), r.get("end_frame"), r.get("error")) for r in errors]
+    drop = [k for k in errors[0] if k.endswith(("_bytes", "_shape", "_dtype"))]
+    fs, path = get_fs(join(output, ERRORS, shard_name(ids)), storage_options)
+    write_bytes_atomic(fs, path, table_bytes(to_table(errors, drop)))
+
+
+def sum_write_returns(write_returns: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Add up the per-task counters a sink's `write` returned (counts, errors, seconds, ...)."""
+    totals: dict[str, Counter] = {key: Counter() for key in keys}
+    for r in write_returns:
+        for key, total in totals.items():
+            total.update(r[key])
+    return {key: dict(total) for key, total in totals.items()}
+
+
+def write_run_summary(output: str, summary: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
+    """run.json of the latest run, written whole."""
+    fs, path = get_fs(join(output, "run.json"), storage_options)
+    write_bytes_atomic(fs, path, json.dumps(summary, indent=2).encode())
 
 
 def existing_values(output: str, table: str, column: str, storage_options: dict[str, Any] | None = None) -> set[str]:

@@ -40,10 +40,10 @@ from ray.data.datasource.datasink import WriteResult
 
 from latentforge import __version__
 from latentforge.config import ConfigError, PipelineConfig
-from latentforge.formats.shards import ERRORS, LATENTS, existing_values, shard_name, table_bytes, to_table
+from latentforge.formats.shards import ERRORS, LATENTS, existing_values, shard_name, sum_write_returns, write_error_shard, write_run_summary
 from latentforge.operators import captioning as cap_op
 from latentforge.operators import probe as probe_op
-from latentforge.operators.base import error_kind, has_value, is_error, stable_hash
+from latentforge.operators.base import error_kind, has_value, is_error
 from latentforge.pipelines.precompute import (
     StagePlan,
     _clear_errors,
@@ -511,23 +511,14 @@ class CaptionSink(Datasink):
                     counts["captions_from_earlier_runs"] += 1
                 else:
                     counts["captions_kept"] += 1
-        if errors:
-            ids = [stable_hash(r.get("uri"), r.get("start_frame"), r.get("end_frame"), r.get("error")) for r in errors]
-            fs, _ = get_fs(self.output, self.storage_options)
-            _, path = get_fs(join(self.output, ERRORS, shard_name(ids)), self.storage_options)
-            drop = [k for k in errors[0] if k.startswith("_")]
-            write_bytes_atomic(fs, path, table_bytes(to_table(errors, drop)))
+        write_error_shard(self.output, errors, self.storage_options)  # to_table drops "_" columns
         seconds["write_captions"] += time.perf_counter() - t0
         return {"counts": dict(counts), "errors": dict(kinds), "seconds": dict(seconds), "records": records}
 
     def on_write_complete(self, write_result: WriteResult) -> None:
-        totals = {k: Counter() for k in ("counts", "errors", "seconds")}
-        records: list[dict[str, Any]] = []
-        for r in write_result.write_returns:
-            for k, total in totals.items():
-                total.update(r[k])
-            records.extend(r["records"])
-        self.result = {**{k: dict(v) for k, v in totals.items()}, "records": records}
+        returns = write_result.write_returns
+        records = [record for r in returns for record in r["records"]]
+        self.result = {**sum_write_returns(returns, ("counts", "errors", "seconds")), "records": records}
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
@@ -601,6 +592,5 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "config": redacted(cfg),
         "command": sys.argv,
     }
-    fs, path = get_fs(join(cfg.output, "run.json"), so)
-    write_bytes_atomic(fs, path, json.dumps(summary, indent=2).encode())
+    write_run_summary(cfg.output, summary, so)
     return summary

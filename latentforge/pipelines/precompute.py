@@ -9,7 +9,6 @@ passes resumes with the text pass alone.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import sys
@@ -24,7 +23,7 @@ from latentforge import __version__
 from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import PipelineConfig
 from latentforge.formats.manifests import read_manifest
-from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, ShardDatasink, existing_values, read_table
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, ShardDatasink, existing_values, read_table, write_run_summary
 from latentforge.models import get_preset, vae_normalization
 from latentforge.operators import frames as frames_op
 from latentforge.operators import probe as probe_op
@@ -32,7 +31,7 @@ from latentforge.operators import text as text_op
 from latentforge.operators import vae as vae_op
 from latentforge.operators.base import has_value, is_error
 from latentforge.operators.captions import caption_id, final_caption
-from latentforge.storage import get_fs, join, write_bytes_atomic
+from latentforge.storage import get_fs, join
 
 log = logging.getLogger("latentforge")
 
@@ -306,8 +305,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "config": redacted(cfg),
         "command": sys.argv,
     }
-    fs, path = get_fs(join(cfg.output, "run.json"), so)
-    write_bytes_atomic(fs, path, json.dumps(summary, indent=2).encode())
+    write_run_summary(cfg.output, summary, so)
     return summary
 
 

@@ -34,10 +34,10 @@ from latentforge import __version__
 from latentforge.cluster import connect
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifests import read_manifest
-from latentforge.formats.shards import ERRORS, _rows, shard_name, table_bytes, to_table
+from latentforge.formats.shards import ERRORS, _rows, sum_write_returns, write_error_shard, write_run_summary
 from latentforge.operators import probe as probe_op
 from latentforge.operators import scenes
-from latentforge.operators.base import error_kind, is_error, stable_hash
+from latentforge.operators.base import error_kind, is_error
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
 log = logging.getLogger("latentforge")
@@ -193,19 +193,12 @@ class SplitSink(Datasink):
                 counts["images_written"] += 1
             else:
                 counts["clips_written"] += 1
-        if errors:
-            ids = [stable_hash(r.get("uri"), r.get("start_frame"), r.get("end_frame"), r.get("error")) for r in errors]
-            fs, path = get_fs(join(self.output, ERRORS, shard_name(ids)), self.storage_options)
-            write_bytes_atomic(fs, path, table_bytes(to_table(errors)))
+        write_error_shard(self.output, errors, self.storage_options)
         seconds["write_clips"] += time.perf_counter() - t0
         return {"counts": dict(counts), "errors": dict(kinds), "seconds": dict(seconds), "decoded_frames": dict(decoded)}
 
     def on_write_complete(self, write_result: WriteResult) -> None:
-        totals: dict[str, Counter] = {key: Counter() for key in ("counts", "errors", "seconds", "decoded_frames")}
-        for r in write_result.write_returns:
-            for key, total in totals.items():
-                total.update(r[key])
-        self.result = {key: dict(total) for key, total in totals.items()}
+        self.result = sum_write_returns(write_result.write_returns, ("counts", "errors", "seconds", "decoded_frames"))
 
 
 def _check_clip_names(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
@@ -347,8 +340,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "config": redacted(cfg),
         "command": sys.argv,
     }
-    rfs, rpath = get_fs(join(cfg.output, "run.json"), so)
-    write_bytes_atomic(rfs, rpath, json.dumps(summary, indent=2).encode())
+    write_run_summary(cfg.output, summary, so)
     return summary
 
 
