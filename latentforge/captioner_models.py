@@ -20,17 +20,15 @@ of the special tokens are zeroed so greedy decoding never ends on an empty capti
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import shutil
-import tempfile
-import threading
 from collections import Counter
 from typing import Any
 
 import torch
 
-from latentforge.models import _CORPUS, _learn_bpe, _seeded, latentforge_home
+from latentforge.models import _CORPUS, _learn_bpe, _seeded, build_folder_once, latentforge_home
 
 TINY_CAPTIONER_RECIPE_VERSION = 2
 _MARKER = "latentforge_tiny_captioner.json"
@@ -186,10 +184,8 @@ def quantization_config(use_8bit: bool, use_4bit: bool, compute_dtype: torch.dty
             f"{which}: bitsandbytes quantization needs a CUDA GPU and none is visible to this captioner; "
             "set it to false on CPU-only machines (or run on GPU workers)"
         )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise RuntimeError(f"{which}: the bitsandbytes package is not installed (pip install bitsandbytes)") from None
+    if importlib.util.find_spec("bitsandbytes") is None:  # transformers imports it when loading
+        raise RuntimeError(f"{which}: the bitsandbytes package is not installed (pip install bitsandbytes)")
     from transformers import BitsAndBytesConfig
 
     if use_8bit:
@@ -259,39 +255,12 @@ def _marker_ok(folder: str) -> bool:
         return False
 
 
-_LOCK = threading.Lock()
-
-
 def ensure_tiny_captioner(name: str) -> str:
-    """Build the tiny twin once (atomically: parallel workers never see half a folder)."""
+    """Build the tiny twin once (atomically: parallel workers never see half a folder), with
+    the same helper and lock as the VAE / text-encoder twins (latentforge.models)."""
     if name not in TINY_CAPTIONERS:
         raise ValueError(f"unknown tiny captioner {name!r}; allowed: {', '.join(TINY_CAPTIONERS)}")
-    final = tiny_captioner_dir(name)
-    if _marker_ok(final):
-        return final
-    with _LOCK:
-        if _marker_ok(final):
-            return final
-        parent = os.path.dirname(final)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-        try:
-            _build_tiny_captioner(name, tmp)
-            if os.path.isdir(final) and not _marker_ok(final):
-                stale = tempfile.mkdtemp(prefix=f".{name}.stale-", dir=parent)
-                try:
-                    os.rename(final, os.path.join(stale, "old"))
-                except OSError:
-                    pass
-                shutil.rmtree(stale, ignore_errors=True)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not _marker_ok(final):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_folder_once(tiny_captioner_dir(name), lambda dest: _build_tiny_captioner(name, dest), _marker_ok)
 
 
 _QWEN_VL_NAMED = {

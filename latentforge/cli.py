@@ -23,6 +23,10 @@ config keys (YAML; any key can be overridden with --set a.b=c):
   max_actors,num_gpus}, encode_text.{enabled,trigger_word,strip_openers,dtype,
   batch_size,min_actors,max_actors,num_gpus}, ray.{address,num_cpus,use_gpus,no_progress_timeout_s,
   actor_init_retries}
+  split.*    scene clips (docs/scenes.md): enabled, detector, min_scene_len, max_scene_len,
+             filter_shorter_than, skip_start, skip_end, max_scenes, mode, clip_name, ...
+  caption.*  captioning (docs/captioning.md): enabled, backend, model, model_path, task, prompt,
+             prompt_file, fps, max_frames, max_pixels, override, manifest, use_8bit, base_url, ...
 see docs/config.md for every key.
 """
 
@@ -53,13 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run a pipeline config end to end",
-        description="Run a pipeline: manifest -> probe -> prepare -> encode_video/encode_text -> shards. "
-        "Finished samples already in the output are skipped, so a rerun resumes.",
+        description="Run a pipeline: manifest -> probe -> [split_scenes] -> [caption] -> prepare -> "
+        "encode_video/encode_text -> shards (pipeline: precompute / all), or the split or caption "
+        "pipeline alone. Finished samples already in the output are skipped, so a rerun resumes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(run)
     run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
 
-    plan = sub.add_parser("plan", help="validate a config and print its stages, buckets, models and resources")
+    plan = sub.add_parser(
+        "plan",
+        help="validate a config and print its stages, buckets, models and resources",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_config_args(plan)
     plan.add_argument("--gpus", action="store_true", help="show resources as on a cluster with GPUs")
     return parser
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plan":
         try:
             stages = pipelines.plan(cfg, use_gpus=args.gpus)
-        except NotImplementedError as e:
+        except (ConfigError, NotImplementedError) as e:
             print(f"latentforge: {e}", file=sys.stderr)
             return 2
         print(f"input:   {cfg.input} (format: {cfg.input_format})")
@@ -100,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        summary = pipelines.run(cfg)
-    except NotImplementedError as e:
+        summary = pipelines.run(cfg)  # checks what it can before Ray starts (pipelines.preflight)
+    except (ConfigError, NotImplementedError) as e:
         print(f"latentforge: {e}", file=sys.stderr)
         return 2
     counts = summary["counts"]

@@ -7,7 +7,8 @@ the per-stage sections are named after the stages they tune.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from types import UnionType
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -266,17 +267,72 @@ class _YamlLoader(yaml.SafeLoader):
         return tag
 
 
+def _flat_types(annotation: Any) -> tuple[Any, ...]:
+    """The types an annotation accepts, with Optional / Union flattened and Literal values
+    replaced by their types (Literal["a", "b"] -> str)."""
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        return tuple(t for arg in get_args(annotation) for t in _flat_types(arg))
+    if origin is Literal:
+        return tuple({type(v) for v in get_args(annotation)})
+    return (origin or annotation,)
+
+
+def field_types(keys: list[str]) -> tuple[Any, ...] | None:
+    """The types the config field at `keys` (e.g. ['split', 'clip_name']) accepts; None for a
+    key the schema does not know (pydantic then reports it) or one inside a free-form mapping."""
+    model: Any = PipelineConfig
+    for i, key in enumerate(keys):
+        field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        types = _flat_types(field.annotation)
+        if i == len(keys) - 1:
+            return types
+        model = next((t for t in types if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return None
+
+
+def _wants_text(value: Any, types: tuple[Any, ...] | None) -> bool:
+    """True when YAML turned text meant for a string field into something that field does not
+    take: a mapping ({stem}-{hash}), a list, a boolean (yes), a number or a date."""
+    if types is None or str not in types or value is None or isinstance(value, str):
+        return False
+    accepted = [t for t in types if isinstance(t, type) and t is not type(None)]
+    if isinstance(value, (dict, list)):
+        return not any(issubclass(t, (dict, list, tuple)) or issubclass(t, BaseModel) for t in accepted)
+    return not any(isinstance(value, t) for t in accepted)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'a.b=c' -> (['a', 'b'], value), the value read as YAML so numbers and booleans type."""
+    """'a.b=c' -> (['a', 'b'], value), the value read as YAML so numbers and booleans type.
+
+    For a field that takes a string (split.clip_name, caption.model, buckets, input, ...), text
+    that YAML would read as something else stays the text as typed: `{stem}-{hash}` is a file name
+    template, not a YAML mapping, and `yes` a trigger word, not True. Anything YAML cannot read is
+    a ConfigError naming the --set item, never a traceback.
+    """
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, for example encode_video.batch_size=8")
     key, raw = text.split("=", 1)
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"--set {text!r}: empty key")
-    value = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else ""
-    if keys[-1] in {"buckets", "input", "output", "model", "model_path", "trigger_word"} and value is not None:
-        value = str(raw.strip())  # never let YAML turn '480x832x49' or 'yes' into something else
+    types = field_types(keys)
+    if not raw.strip():
+        return keys, ""
+    try:
+        value = yaml.load(raw, Loader=_YamlLoader)
+    except yaml.YAMLError as e:
+        if types is not None and str in types:
+            return keys, raw.strip()
+        problem = str(getattr(e, "problem", None) or e).strip()
+        raise ConfigError(
+            f"--set {text!r}: the value of {'.'.join(keys)} is not valid YAML ({problem}); "
+            f"text with YAML syntax in it ({{ }} [ ] : #) goes in quotes: --set '{'.'.join(keys)}=\"...\"'"
+        ) from None
+    if _wants_text(value, types):
+        value = raw.strip()
     return keys, value
 
 
@@ -285,7 +341,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         keys, value = parse_override(item)
         node = data
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
+            if node.get(k) is None:
+                node[k] = {}  # a missing section, or an empty one (`caption:` in the YAML)
+            node = node[k]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {k!r} is not a section")
         node[keys[-1]] = value

@@ -28,7 +28,7 @@ import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -367,45 +367,49 @@ def _marker_ok(folder: str) -> bool:
 
 
 # torch's RNG is process-global: two threads seeding and drawing at once would interleave
-# their streams, so builds within a process are serialised (processes race via os.rename).
+# their streams, so builds within a process are serialised (processes race via os.rename). One
+# lock for every tiny twin, the captioners of latentforge.captioner_models included.
 _BUILD_LOCK = threading.Lock()
 
 
 def _ensure_tiny(preset: ModelPreset) -> str:
-    final = tiny_dir(preset)
-    if _marker_ok(final):
+    return build_folder_once(tiny_dir(preset), lambda dest: _build_tiny(preset, dest), _marker_ok)
+
+
+def build_folder_once(final: str, build: Callable[[str], None], complete: Callable[[str], bool]) -> str:
+    """Make the folder `final` once: `build(dest)` writes it (save_pretrained, a marker file
+    last) into a temp folder beside `final`, which is then renamed into place, so the folder
+    appears whole or not at all and parallel workers (same machine or not) can all call this;
+    the loser of a race throws its copy away and uses the winner's, which is identical (same
+    seeds). `complete(folder)` says whether a folder is finished and current (its marker); a
+    folder that is not (another recipe version) is replaced. Builds in one process are
+    serialised (`_BUILD_LOCK`). Returns `final`."""
+    if complete(final):
         return final
     with _BUILD_LOCK:
-        return _build_and_install(preset, final)
-
-
-def _build_and_install(preset: ModelPreset, final: str) -> str:
-    if _marker_ok(final):  # built by another thread while this one waited
-        return final
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    # Build beside the final folder, then rename: the folder appears whole or not at all, so
-    # parallel workers (same machine or not) can all call model_root; the loser of the race
-    # throws its copy away and uses the winner's, which is identical (same seeds).
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
-    try:
-        _build_tiny(preset, tmp)
-        if os.path.isdir(final) and not _marker_ok(final):
-            # A twin from another recipe version: move it aside first (another process may do
-            # the same at the same moment, hence the tolerated errors).
-            stale = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.stale-", dir=parent)
-            try:
-                os.rename(final, os.path.join(stale, "old"))
-            except OSError:
-                pass
-            shutil.rmtree(stale, ignore_errors=True)
+        if complete(final):  # built by another thread while this one waited
+            return final
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
         try:
-            os.rename(tmp, final)
-        except OSError:
-            if not _marker_ok(final):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            build(tmp)
+            if os.path.isdir(final) and not complete(final):
+                # A twin from another recipe version: move it aside first (another process may
+                # do the same at the same moment, hence the tolerated errors).
+                stale = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.stale-", dir=parent)
+                try:
+                    os.rename(final, os.path.join(stale, "old"))
+                except OSError:
+                    pass
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not complete(final):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

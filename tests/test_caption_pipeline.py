@@ -258,3 +258,6 @@ def test_split_caption_precompute(tmp_path, ray_local):
         assert generated == 4
     else:
         assert generated == 2
+    # run.json counts what the model captioned in this run (the kept caption is not counted)
+    assert summary["counts"]["captioned"] == generated
+    assert json.loads(Path(cfg.output, "run.json").read_text())["counts"]["captioned"] == generated

@@ -266,18 +266,70 @@ def test_quantization_needs_cuda_and_bitsandbytes(monkeypatch):
     with pytest.raises(RuntimeError, match="caption.use_8bit: bitsandbytes quantization needs a CUDA GPU"):
         quantization_config(True, False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    import builtins
+    import importlib.util
 
-    real_import = builtins.__import__
-
-    def no_bnb(name, *args, **kwargs):
-        if name == "bitsandbytes":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "bitsandbytes" else real_find_spec(name, *a, **k))
     with pytest.raises(RuntimeError, match="caption.use_4bit: the bitsandbytes package is not installed"):
         quantization_config(False, True)
+    # installed: a BitsAndBytesConfig (transformers imports bitsandbytes itself when loading)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: object() if name == "bitsandbytes" else real_find_spec(name, *a, **k))
+    cfg = quantization_config(False, True, torch.float16)
+    assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4" and cfg.bnb_4bit_compute_dtype == torch.float16
+    assert quantization_config(True, False).load_in_8bit
+
+
+def test_tiny_captioners_share_the_model_twins_atomic_build(tmp_path, monkeypatch):
+    """Tiny captioners are built by latentforge.models.build_folder_once: under the same lock as
+    the VAE / text twins (torch's RNG is process-global), in a temp folder renamed into place; a
+    lost race uses the winner's folder, and a twin of another recipe version is rebuilt."""
+    import json
+    import os
+    import threading
+
+    from latentforge import captioner_models, models
+
+    monkeypatch.setenv("LATENTFORGE_HOME", str(tmp_path))
+    final = Path(captioner_models.tiny_captioner_dir(TINY))
+    builds = []
+
+    def fake_build(name, dest):
+        assert models._BUILD_LOCK.locked()  # no model twin draws from torch's RNG meanwhile
+        assert Path(dest).parent == final.parent and Path(dest).name.startswith(f".{TINY}.tmp-")
+        builds.append(name)
+        (Path(dest) / captioner_models._MARKER).write_text(json.dumps({"recipe_version": captioner_models.TINY_CAPTIONER_RECIPE_VERSION}))
+
+    monkeypatch.setattr(captioner_models, "_build_tiny_captioner", fake_build)
+    roots = []
+    threads = [threading.Thread(target=lambda: roots.append(captioner_root(TINY))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert roots == [str(final)] * 3 and builds == [TINY]  # built once
+    assert [p.name for p in final.parent.iterdir()] == [TINY]
+
+    # another recipe version: rebuilt in place, the old folder gone
+    (final / captioner_models._MARKER).write_text(json.dumps({"recipe_version": -1}))
+    (final / "leftover.txt").write_text("old")
+    assert captioner_root(TINY) == str(final) and builds == [TINY, TINY]
+    assert not (final / "leftover.txt").exists() and [p.name for p in final.parent.iterdir()] == [TINY]
+
+    # another process installs the folder between our build and our rename: ours is dropped
+    (final / captioner_models._MARKER).write_text(json.dumps({"recipe_version": -1}))
+
+    def build_and_lose(name, dest):
+        fake_build(name, dest)
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / captioner_models._MARKER).write_text(json.dumps({"recipe_version": captioner_models.TINY_CAPTIONER_RECIPE_VERSION}))
+        (other / "winner.txt").write_text("theirs")
+        os.rename(final, tmp_path / "gone")
+        os.rename(other, final)
+
+    monkeypatch.setattr(captioner_models, "_build_tiny_captioner", build_and_lose)
+    assert captioner_root(TINY) == str(final) and (final / "winner.txt").exists()
+    assert [p.name for p in final.parent.iterdir()] == [TINY]  # our temp folder is gone
 
 
 # ---------------------------------------------------------------------------------------------

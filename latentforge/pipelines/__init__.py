@@ -24,7 +24,17 @@ def plan(cfg: Any, use_gpus: bool | None = None) -> list:
     return precompute.plan(cfg, use_gpus)
 
 
+def preflight(cfg: Any) -> None:
+    """Checks that need neither Ray nor data, made before Ray starts, so that a config that
+    cannot run fails in a second with a ConfigError instead of after the cluster spins up."""
+    if cfg.pipeline in ("caption", "all") or cfg.caption.enabled:
+        from latentforge.pipelines import caption
+
+        caption.preflight(cfg)
+
+
 def run(cfg: Any) -> dict[str, Any]:
+    preflight(cfg)
     if cfg.pipeline == "caption":
         from latentforge.pipelines import caption
 

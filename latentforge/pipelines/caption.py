@@ -121,15 +121,49 @@ def _hears_audio(cfg: PipelineConfig) -> bool:
     return c.backend == "transformers" and not c.no_audio and c.task == "describe" and _family(cfg) == "qwen2.5-omni"
 
 
+def _quantization_key(cfg: PipelineConfig) -> str | None:
+    """caption.use_8bit / caption.use_4bit when the captioner loads bitsandbytes weights."""
+    c = cfg.caption
+    if c.backend != "transformers":
+        return None
+    return "caption.use_8bit" if c.use_8bit else ("caption.use_4bit" if c.use_4bit else None)
+
+
+def _quantization_error(key: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"{key}: bitsandbytes quantization needs CUDA GPUs and {why}; set {key}: false, or run where "
+        "the captioner gets GPUs (ray.use_gpus: true where GPU workers scale from zero)"
+    )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """What can be refused before Ray starts (`pipelines.run` calls it): bitsandbytes
+    quantisation where the captioner cannot get a GPU (ray.use_gpus: false, or an embedded local
+    Ray on a machine without CUDA), an unreadable prompt file. On a cluster the GPUs are known only
+    once connected; `_check` refuses quantisation there."""
+    key = _quantization_key(cfg)
+    if key is not None:
+        use_gpus = cfg.ray.use_gpus
+        if use_gpus is None and not (cfg.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+            use_gpus = _cuda_available()  # the embedded local Ray has this machine's GPUs
+            if not use_gpus:
+                raise _quantization_error(key, "this machine has no CUDA (the run would use an embedded local Ray)")
+        if use_gpus is False:
+            raise _quantization_error(key, "ray.use_gpus is false")
+    caption_options(cfg)  # reads the prompt file
+
+
 def _check(cfg: PipelineConfig, use_gpus: bool) -> None:
     """Refuse what cannot work before any work starts."""
-    c = cfg.caption
-    if c.backend == "transformers" and (c.use_8bit or c.use_4bit) and not use_gpus:
-        which = "caption.use_8bit" if c.use_8bit else "caption.use_4bit"
-        raise ConfigError(
-            f"{which}: bitsandbytes quantization needs CUDA GPUs and this run uses none "
-            "(set ray.use_gpus: true where GPU workers scale from zero, or turn it off)"
-        )
+    key = _quantization_key(cfg)
+    if key is not None and not use_gpus:
+        raise _quantization_error(key, "this run uses none")
     caption_options(cfg)  # reads the prompt file
 
 
@@ -153,9 +187,13 @@ def manifest_url(cfg: PipelineConfig) -> str:
 
 
 def plan_stages(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
-    """The caption stage's two steps, as `latentforge plan` prints them."""
+    """The caption stage's two steps, as `latentforge plan` prints them. Refuses bitsandbytes
+    quantisation when the plan has no GPUs and this machine no CUDA."""
     c = cfg.caption
     use_gpus = bool(use_gpus)
+    key = _quantization_key(cfg)
+    if key is not None and not use_gpus and not _cuda_available():
+        raise _quantization_error(key, "it gets no GPUs in this plan and this machine has no CUDA (`latentforge plan --gpus` plans for a GPU cluster)")
     keep = "every row (override)" if c.override else "rows without a caption"
     if c.task == "edit":
         frames = f"first + last frame of each span (ChronoEdit pair), <= {c.max_pixels} px each"
@@ -273,12 +311,18 @@ def _use_gpus(cfg: PipelineConfig) -> bool:
     return cluster_has_gpus() if cfg.ray.use_gpus is None else bool(cfg.ray.use_gpus)
 
 
+# Part keys in an output when `add_stage` wired captioning into a precompute run: what the
+# parts hold beyond them at the end is what that run captioned (`stage_counts`).
+_PARTS_BEFORE: dict[str, frozenset] = {}
+
+
 def add_stage(ds: Any, cfg: PipelineConfig) -> Any:
     """Captioning inside `latentforge run` (precompute): called between probe and prepare."""
     use_gpus = _use_gpus(cfg)
     _check(cfg, use_gpus)
     so = cfg.storage_options
     cached = read_parts(cfg.output, so)
+    _PARTS_BEFORE[cfg.output] = frozenset(cached)
     # Clips whose latent is already written need no caption: skip them before any frame is
     # decoded (the bucket, hence the sample id, follows from probe metadata alone).
     done = existing_values(cfg.output, LATENTS, "sample_id", so)
@@ -290,6 +334,15 @@ def add_stage(ds: Any, cfg: PipelineConfig) -> Any:
     log.info("latentforge: captioning with %s (%s backend), %d captions from earlier runs", cfg.caption.model, cfg.caption.backend, len(cached))
     ds = _wire(ds, cfg, use_gpus, cached)
     return ds.map(_drop_caption_columns, num_cpus=0.25)
+
+
+def stage_counts(cfg: PipelineConfig) -> dict[str, int]:
+    """run.json counts of a precompute run that captioned (after its last row is written):
+    `captioned`, the clips the model captioned in this run, i.e. the part records written since
+    `add_stage` (a clip whose caption came from an earlier run's parts, or the input, is not
+    counted; caption errors are error rows, counted with the other errors)."""
+    before = _PARTS_BEFORE.pop(cfg.output, frozenset())
+    return {"captioned": len(read_part_records(cfg.output, cfg.storage_options).keys() - before)}
 
 
 def _mark_done_latents(row: dict[str, Any], buckets: list, target_fps: float | None, done: frozenset) -> dict[str, Any]:
@@ -528,6 +581,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     from latentforge.formats.manifests import read_manifest
 
     started, started_at = time.time(), datetime.now(timezone.utc).isoformat()
+    preflight(cfg)  # before Ray starts
     connect(cfg.ray.address, cfg.ray.num_cpus)
     configure_data_context(cfg)
     use_gpus = _use_gpus(cfg)
