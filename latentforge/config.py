@@ -177,6 +177,9 @@ class SplitConfig(_Section):
     detect_size: int = Field(256, ge=16, description="longer side of the frames the detector sees (FFmpeg scales to it)")
     segment_seconds: Optional[float] = Field(600.0, gt=0, description="videos longer than this are detected in parallel segments")
     overlap_seconds: float = Field(5.0, ge=0, description="frames each segment also reads either side of its own range")
+    shared_decode_mb: int = Field(
+        1024, ge=0, description="in `latentforge run`: memory per video for bucket frames made during detection; 0: prepare decodes again"
+    )
 
     @field_validator("min_scene_len", "skip_start", "skip_end", "max_scene_len", "filter_shorter_than")
     @classmethod

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from latentforge.config import ConfigError, SplitConfig, load_config
+from latentforge.buckets import parse_buckets
 from latentforge.operators import scenes
+from latentforge.operators.frames import FRAMES_FOR, NO_FRAMES, assign_bucket, load_frames
 from latentforge.operators.probe import probe
 from latentforge.sample_media import make_image, make_video, scene_frame
 
@@ -355,3 +357,64 @@ def test_part_records_rebuild_the_rows(media, tmp_path):
     assert (line["start_frame"], line["end_frame"], line["scene_index"], line["caption"], line["source_id"]) == (0, 31, 1, "a caption", 7)
     assert line["media_path"].endswith("cuts-Scene-002.mp4") and line["parent_start_frame"] == 30
     assert "width" not in line and "uri" not in line
+
+
+# ---------------------------------------------------------------------------------------------
+# One decode per video: bucket frames made during detection
+
+
+SHARED_BUCKETS = tuple(parse_buckets("64x48x17;48x64x17;64x48x9;32x32x25"))
+
+
+def shared_rows(path, buckets=SHARED_BUCKETS, target_fps=None, budget_mb=1024, **overrides):
+    request = scenes.FrameRequest(buckets, target_fps, "area", budget_mb)
+    return list(scenes.split_video(probed(path), opts(**overrides), frame_request=request))
+
+
+def prepared(row, buckets=SHARED_BUCKETS, target_fps=None):
+    """What prepare makes of the clip row when it decodes it itself."""
+    plain_row = {k: v for k, v in row.items() if k not in ("frames", FRAMES_FOR)}
+    return load_frames(assign_bucket(plain_row, list(buckets), target_fps), target_fps)
+
+
+@pytest.mark.parametrize(
+    "overrides, target_fps",
+    [
+        ({}, None),
+        ({"detector": "adaptive"}, None),
+        ({"max_scene_len": 20}, None),  # pieces start where no cut was reported
+        ({}, 12.0),  # every other frame
+        ({"skip_start": 5, "filter_shorter_than": 35}, None),
+        ({"max_scenes": 2}, None),
+    ],
+)
+def test_detection_makes_the_frames_prepare_would_decode(media, overrides, target_fps):
+    rows = shared_rows(media["cuts"], target_fps=target_fps, **overrides)
+    assert spans(rows) == spans(clips_of(media["cuts"], **overrides))  # the clip list does not change
+    for row in rows:
+        reference = prepared(row, target_fps=target_fps)
+        assert row[FRAMES_FOR] == reference["sample_id"]  # every clip got its frames...
+        np.testing.assert_array_equal(row["frames"], reference["frames"])  # ...byte for byte
+        # and prepare takes them instead of decoding
+        taken = load_frames(assign_bucket(row, list(SHARED_BUCKETS), target_fps), target_fps)
+        assert taken["_decoded_frames_prepare"] == 0 and taken["frames"] is not NO_FRAMES
+
+
+def test_shared_frames_follow_rotation(tmp_path):
+    path = make_video(tmp_path / "phone.mp4", 160, 96, 40, FPS, cuts=(20,), rotation=-90, frame_fn=scene_frame)
+    rows = shared_rows(path, min_scene_len=5)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["frames"].shape == (17, 64, 48, 3)  # portrait bucket: displayed orientation
+        np.testing.assert_array_equal(row["frames"], prepared(row)["frames"])
+
+
+def test_what_detection_cannot_make_is_left_to_prepare(media):
+    # over the memory budget: no clip carries frames, prepare decodes them all, same clips
+    rows = shared_rows(media["cuts"], budget_mb=0)
+    assert spans(rows) == [(0, 30), (30, 61), (61, 100), (100, 150)]
+    assert all(r[FRAMES_FOR] is None and r["frames"].size == 0 for r in rows)
+    assert all(prepared(r)["_decoded_frames_prepare"] > 0 for r in rows)
+    # a clip too short for every bucket gets none either (prepare makes it an error row)
+    short = shared_rows(media["cuts"], buckets=tuple(parse_buckets("64x48x33")))
+    assert [r[FRAMES_FOR] is None for r in short] == [True, True, False, False]

@@ -159,6 +159,8 @@ class ShardDatasink(Datasink):
                     seconds[k[len("_seconds_") :]] += float(v)
                 elif k.startswith("_decoded_frames_") and v:
                     decoded[k[len("_decoded_frames_") :]] += int(v)
+                elif k.startswith("_source_frames_") and v:
+                    counts["source_frames"] += int(v)
             if is_error(row):
                 errors.append(row)
                 error_kinds[error_kind(row)] += 1

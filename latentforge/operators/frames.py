@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from latentforge.buckets import Bucket, available_frames, choose_bucket, cover_resize, frame_indices, frame_step
-from latentforge.operators.base import Resources, error_row, is_error, stable_hash
+from latentforge.operators.base import Resources, error_row, has_value, is_error, stable_hash
 from latentforge.operators.probe import open_media
 
 RESOURCES = Resources(num_cpus=1)
@@ -23,6 +23,8 @@ STAGE = "prepare"
 # Rows without frames (failed, or already in the output) carry an empty array, not None, so the
 # column stays one tensor type from block to block in Ray Data.
 NO_FRAMES = np.zeros((0, 0, 0, 3), dtype=np.uint8)
+# The sample_id whose frames a row already carries (made by split_scenes during detection).
+FRAMES_FOR = "_frames_for"
 
 _AV_FILTERS = {"area": "AREA", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
 _PIL_FILTERS = {
@@ -66,6 +68,32 @@ def _crop(frame: np.ndarray, bucket: Bucket, left: int, top: int) -> np.ndarray:
     return frame[top : top + bucket.height, left : left + bucket.width]
 
 
+class BucketFramer:
+    """A decoded frame -> its bucket image: FFmpeg's scaler resizes to cover the bucket (in the
+    stored orientation), then rotation and the center crop. The one rule for `prepare` and for
+    the frames split_scenes makes during detection, so both give the same bytes."""
+
+    def __init__(self, bucket: Bucket, rotation: int = 0, resize_filter: str = "area"):
+        self.bucket = bucket
+        self.quarter_turns = (int(rotation or 0) // 90) % 4
+        self.interpolation = _AV_FILTERS[resize_filter]
+        self.plan: Any = None
+
+    def __call__(self, frame: Any) -> np.ndarray:
+        turned = self.quarter_turns % 2
+        if self.plan is None:
+            # Display size after rotation decides the resize; FFmpeg scales in stored orientation.
+            w, h = (frame.height, frame.width) if turned else (frame.width, frame.height)
+            self.plan = cover_resize(w, h, self.bucket.width, self.bucket.height)
+        sw, sh = self.plan.resize_width, self.plan.resize_height
+        if turned:
+            sw, sh = sh, sw
+        rgb = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation=self.interpolation)
+        if self.quarter_turns:
+            rgb = np.rot90(rgb, k=self.quarter_turns)
+        return _crop(rgb, self.bucket, self.plan.left, self.plan.top)
+
+
 def decode_video_frames(
     source: Any,
     start_frame: int,
@@ -83,15 +111,13 @@ def decode_video_frames(
     wanted = sorted(set(indices))
     last = wanted[-1]
     out: dict[int, np.ndarray] = {}
+    to_bucket = BucketFramer(bucket, rotation, resize_filter)
     with av.open(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate)
         time_base = float(stream.time_base)
         origin = stream.start_time or 0
-        quarter_turns = (rotation // 90) % 4
-        # Display size after rotation decides the resize; FFmpeg scales in stored orientation.
-        plan = None
         seek_used = start_frame > 0
         if seek_used:
             target = origin + int((start_frame / fps) / time_base)
@@ -109,18 +135,7 @@ def decode_video_frames(
             needed = [i for i in wanted if previous_index < i <= index]
             previous_index = index
             if needed:
-                if plan is None:
-                    w, h = (frame.height, frame.width) if quarter_turns % 2 else (frame.width, frame.height)
-                    plan = cover_resize(w, h, bucket.width, bucket.height)
-                sw, sh = plan.resize_width, plan.resize_height
-                if quarter_turns % 2:
-                    sw, sh = sh, sw
-                rgb = frame.to_ndarray(
-                    width=sw, height=sh, format="rgb24", interpolation=_AV_FILTERS[resize_filter]
-                )
-                if quarter_turns:
-                    rgb = np.rot90(rgb, k=quarter_turns)
-                current = _crop(rgb, bucket, plan.left, plan.top)
+                current = to_bucket(frame)
                 for i in needed:  # an index a variable frame rate skipped takes the next frame shown
                     out[i] = current
             if index >= last:
@@ -160,6 +175,12 @@ def load_frames(
     t0 = time.perf_counter()
     w, h, f = (int(v) for v in row["bucket"].split("x"))
     bucket = Bucket(w, h, f)
+    given = row.get("frames")
+    if has_value(row.get(FRAMES_FOR)) and row[FRAMES_FOR] == row.get("sample_id") and np.shape(given) == (f, h, w, 3):
+        # split_scenes made exactly these while decoding for detection (one decode per video)
+        out["frames"] = np.asarray(given, dtype=np.uint8)
+        out["num_frames"] = f
+        return out
     stats = {"decoded": 1}
     try:
         with open_media(row["uri"], storage_options) as source:

@@ -32,8 +32,11 @@ from fractions import Fraction
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import av
+import numpy as np
 
+from latentforge.buckets import Bucket, choose_bucket, frame_indices
 from latentforge.operators.base import Resources, error_row, has_value, is_error, stable_hash
+from latentforge.operators.frames import FRAMES_FOR, NO_FRAMES, BucketFramer, assign_bucket
 from latentforge.operators.probe import open_media
 from latentforge.storage import get_fs, is_local, join, write_bytes_atomic
 
@@ -332,8 +335,8 @@ def small_frames(
     size: int = 256,
     storage_options: dict[str, Any] | None = None,
     stats: dict[str, int] | None = None,
-) -> Iterator[tuple[int, Any]]:
-    """(index, BGR uint8 frame whose longer side is `size`) for the frames of
+) -> Iterator[tuple[int, Any, Any]]:
+    """(index, BGR uint8 frame whose longer side is `size`, the decoded frame) for the frames of
     [decode_start, decode_end): FFmpeg's scaler makes the small frame straight from the decoded
     picture (one cached scaling context), so no full-size RGB frame exists.
 
@@ -359,7 +362,7 @@ def small_frames(
                     break
                 if dims is None:
                     dims = detect_size(frame.width, frame.height, size)
-                yield index, reformatter.reformat(frame, dims[0], dims[1], "bgr24", interpolation="AREA").to_ndarray()
+                yield index, reformatter.reformat(frame, dims[0], dims[1], "bgr24", interpolation="AREA").to_ndarray(), frame
     finally:
         if stats is not None:
             stats["decoded"] = decoded
@@ -413,8 +416,10 @@ def detect_segment(
     fps: float,
     opts: Mapping[str, Any],
     storage_options: dict[str, Any] | None = None,
+    collector: "ClipFrames | None" = None,
 ) -> Detection:
-    """Run the configured detector over one segment; returns the cuts in its own range."""
+    """Run the configured detector over one segment; returns the cuts in its own range.
+    A `collector` sees every decoded frame and every cut as it is found (one decode per video)."""
     from scenedetect.common import FrameTimecode
 
     detector = make_detector(opts, fps)
@@ -425,11 +430,17 @@ def detect_segment(
     frames = small_frames(
         uri, segment, fps, int(opts.get("detect_size", 256)), storage_options, stats
     )
-    for index, image in prefetch(frames):
+    for index, image, frame in prefetch(frames):
         last = index
-        cuts += detector.process_frame(FrameTimecode(index, rate), image)
+        found = detector.process_frame(FrameTimecode(index, rate), image)
+        cuts += found
+        if collector is not None:
+            collector.add(index, frame, [int(c.frame_num) for c in found])
     if segment.last and last >= 0:
-        cuts += detector.post_process(FrameTimecode(last, rate))
+        found = detector.post_process(FrameTimecode(last, rate))
+        cuts += found
+        if collector is not None:
+            collector.add(None, None, [int(c.frame_num) for c in found])
     own = sorted({int(c.frame_num) for c in cuts if segment.own_start <= c.frame_num < segment.own_end})
     return Detection(own, last, stats.get("decoded", 0))
 
@@ -440,6 +451,151 @@ def merge_detections(detections: Sequence[Detection]) -> Detection:
     return Detection(cuts, detections[-1].last_frame if detections else -1, sum(d.decoded for d in detections))
 
 
+# ---------------------------------------------------------------------------------------------
+# One decode per video: bucket frames made during detection
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """What `prepare` decodes for each clip (its config), so detection's decode can make it."""
+
+    buckets: tuple[Any, ...]  # latentforge.buckets.Bucket
+    target_fps: float | None = None
+    resize_filter: str = "area"
+    budget_mb: int = 1024
+
+
+class ClipFrames:
+    """The bucket frames of the clips a detection pass finds, made from the frames it decodes.
+
+    A detector reports a cut some frames after it happened, so the last `lookback` decoded
+    frames are held as FFmpeg frames; when a clip start (the region start, a cut, a
+    `max_scene_len` piece) becomes known, its first frames are made from them and the rest as
+    they are decoded. Only the frames the longest bucket would use are made, in every
+    resolution the video's clips can be bucketed to. Whatever cannot be had exactly gets no
+    frames and `prepare` decodes it as before, so the output is the same either way: a start
+    reported after its frames left the lookback, frames beyond `budget_mb`, a video whose frame
+    numbers jump (variable frame rate, a missing first frame).
+    """
+
+    def __init__(self, row: Mapping[str, Any], region: tuple[int, int], fps: float, opts: Mapping[str, Any], request: FrameRequest):
+        self.request = request
+        self.region_start = region[0]
+        self.fps = fps
+        self.opts = opts
+        self.max_len = to_frames(opts.get("max_scene_len"), fps)
+        video = [b for b in request.buckets if b.frames > 1]
+        self.longest = max((b.frames for b in video), default=0)
+        resolutions = set()
+        for n in {b.frames for b in video}:  # the choice only changes where a bucket's F is reached
+            b = choose_bucket(request.buckets, int(row["width"]), int(row["height"]), n)
+            if b is not None:
+                resolutions.add((b.width, b.height))
+        rotation = int(row.get("rotation") or 0)
+        self.framers = {r: BucketFramer(Bucket(r[0], r[1], 1), rotation, request.resize_filter) for r in sorted(resolutions)}
+        self.clip_bytes = self.longest * sum(w * h * 3 for w, h in resolutions)
+        self.budget = int(request.budget_mb) * 2**20
+        self.lookback = detector_memory(opts, fps) + 2
+        self.ring: dict[int, tuple[Any, dict[tuple[int, int], Any]]] = {}  # index -> (frame, made images)
+        self.clips: dict[int, dict[int, dict[tuple[int, int], Any]]] = {}  # clip start -> index -> images
+        self.needed: dict[int, list[int]] = {}  # clip start -> source indices still to make
+        self.used = 0
+        self.cuts: list[int] = []
+        self.next_start: int | None = region[0]
+        self.previous: int | None = None
+        self.enabled = bool(self.framers) and self.clip_bytes > 0
+
+    def _drop(self, start: int) -> None:
+        if self.clips.pop(start, None) is not None:
+            self.used -= self.clip_bytes
+        self.needed.pop(start, None)
+
+    def _disable(self) -> None:
+        self.enabled = False
+        self.ring.clear()
+        self.clips.clear()
+        self.needed.clear()
+
+    def _open(self, start: int) -> None:
+
+        if start in self.clips or self.used + self.clip_bytes > self.budget:
+            return
+        end = start + self.max_len if self.max_len else None
+        indices = frame_indices(start, self.longest, self.fps, self.request.target_fps)
+        self.clips[start] = {}
+        self.needed[start] = [i for i in dict.fromkeys(indices) if end is None or i < end]
+        self.used += self.clip_bytes
+
+    def add(self, index: int | None, frame: Any, cuts: Sequence[int]) -> None:
+        """Frame `index` was decoded and shown to the detector, which reported `cuts`
+        (index None: the end of the stream, the detector's last cuts)."""
+        if not self.enabled:
+            return
+        if index is not None:
+            expected = self.region_start if self.previous is None else self.previous + 1
+            if index != expected:
+                self._disable()
+                return
+            self.previous = index
+            self.ring[index] = (frame, {})
+            if len(self.ring) > self.lookback:
+                del self.ring[next(iter(self.ring))]
+        for cut in sorted(cuts):
+            if cut <= self.region_start:
+                continue
+            if self.cuts and cut <= self.cuts[-1]:
+                self._disable()  # cuts out of order: nothing here can be trusted
+                return
+            self._cut(cut)
+        if index is None or not self.enabled:
+            return
+        while self.next_start is not None and self.next_start <= index:
+            self._open(self.next_start)
+            self.next_start = self.next_start + self.max_len if self.max_len else None
+        for start in list(self.needed):
+            self._fill(start, index)
+
+    def _cut(self, cut: int) -> None:
+        """Scenes before `cut` are final: keep frames only for the clips they give."""
+        self.cuts.append(cut)
+        kept = plan_clips(self.cuts, (self.region_start, cut), self.fps, self.opts)
+        starts = {a for a, _ in kept}
+        for start in list(self.clips):
+            if start >= cut or start not in starts:
+                self._drop(start)
+        for start, indices in self.needed.items():
+            self.needed[start] = [i for i in indices if i < cut]
+        max_scenes = self.opts.get("max_scenes")
+        self.next_start = None if max_scenes is not None and len(kept) >= int(max_scenes) else cut
+
+    def _fill(self, start: int, upto: int) -> None:
+        todo = self.needed[start]
+        made = self.clips[start]
+        while todo and todo[0] <= upto:
+            entry = self.ring.get(todo[0])
+            if entry is None:  # reported after its frames left the lookback
+                self._drop(start)
+                return
+            frame, images = entry
+            for resolution, framer in self.framers.items():
+                if resolution not in images:
+                    images[resolution] = framer(frame)
+            made[todo.pop(0)] = images
+        if not todo:
+            del self.needed[start]
+
+    def frames_for(self, start: int, bucket: Any) -> Any:
+        """uint8 [F, H, W, 3] of the clip starting at `start` in `bucket`, or None."""
+
+        made = self.clips.get(start) if self.enabled else None
+        if made is None or (bucket.width, bucket.height) not in self.framers:
+            return None
+        indices = frame_indices(start, bucket.frames, self.fps, self.request.target_fps)
+        if any(i not in made for i in indices):
+            return None
+        return np.ascontiguousarray(np.stack([made[i][(bucket.width, bucket.height)] for i in indices]))
+
+
 def detect_video(
     uri: str,
     start: int,
@@ -448,14 +604,18 @@ def detect_video(
     opts: Mapping[str, Any],
     storage_options: dict[str, Any] | None = None,
     run_segments: Callable[[list[dict[str, Any]]], list[Detection]] | None = None,
+    collector: ClipFrames | None = None,
 ) -> Detection:
     """Cuts of [start, end): one pass, or segments (in parallel where `run_segments` fans them
-    out) when the span is longer than `segment_seconds`."""
+    out) when the span is longer than `segment_seconds`. Only a one-pass detection feeds the
+    `collector` (segments run elsewhere and their frames stay there)."""
     overlap = max(int(math.ceil(float(opts.get("overlap_seconds", 5.0)) * fps)), detector_memory(opts, fps))
     segments = plan_segments(start, end, fps, opts.get("segment_seconds"), overlap)
     calls = [dict(uri=uri, segment=s, fps=fps, opts=dict(opts), storage_options=storage_options) for s in segments]
     if len(calls) > 1 and run_segments is not None:
         return merge_detections(run_segments(calls))
+    if len(calls) == 1:
+        return detect_segment(**calls[0], collector=collector)
     return merge_detections([detect_segment(**c) for c in calls])
 
 
@@ -764,6 +924,7 @@ def split_video(
     output: str | None = None,
     storage_options: dict[str, Any] | None = None,
     run_segments: Callable[[list[dict[str, Any]]], list[Detection]] | None = None,
+    frame_request: FrameRequest | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One probed row -> one row per clip (or the row itself: errors, images; or an error row).
 
@@ -771,7 +932,9 @@ def split_video(
     (span length, for bucket choice), `start_time`/`end_time` (seconds), `scene_index`
     (0-based, in time order) and `parent_uri`/`parent_start_frame`/`parent_end_frame` (the clip
     in its source). With `mode: reencode` or `copy` (needs `output`) `uri` is the clip file
-    and the span is relative to it.
+    and the span is relative to it. With a `frame_request` (virtual mode inside
+    `latentforge run`) clip rows also carry the bucket frames `prepare` would decode
+    (`frames`, and `_frames_for` = their sample_id) where detection's decode could make them.
     """
     if is_error(row) or row.get("media_type") != "video":
         yield passthrough(row)
@@ -788,7 +951,10 @@ def split_video(
         if region[1] <= region[0]:
             yield _error(row, f"{uri}: nothing left after skip_start/skip_end ({span_end - span_start} frames)", t0, 0, span_end - span_start)
             return
-        detection = detect_video(uri, region[0], region[1], fps, opts, storage_options, run_segments)
+        collector = None
+        if frame_request is not None and opts.get("mode", "virtual") == "virtual":
+            collector = ClipFrames(row, region, fps, opts, frame_request)
+        detection = detect_video(uri, region[0], region[1], fps, opts, storage_options, run_segments, collector)
     except Exception as e:  # noqa: BLE001 - a bad file fails its row, not the job
         reason = str(e).strip() or type(e).__name__
         yield _error(row, f"{uri}: scene detection failed ({reason})", t0, 0, 0)
@@ -821,6 +987,8 @@ def split_video(
             clip["_seconds_split_scenes"] = seconds
             clip["_decoded_frames_split_scenes"] = detection.decoded
             clip["_source_frames_split"] = span_end - span_start
+        if collector is not None:
+            attach_frames(clip, collector, frame_request)
         if mode != "virtual":
             try:
                 clip = _write_clip(clip, row, opts, output, storage_options)
@@ -830,6 +998,20 @@ def split_video(
                 yield failed
                 continue
         yield clip
+
+
+def attach_frames(clip: dict[str, Any], collector: ClipFrames, request: FrameRequest) -> None:
+    """Give a clip row the frames `prepare` would decode for it, when detection made them."""
+
+    clip["frames"], clip[FRAMES_FOR] = NO_FRAMES, None
+    bucketed = assign_bucket(clip, list(request.buckets), request.target_fps)
+    if is_error(bucketed):
+        return
+    w, h, f = (int(v) for v in bucketed["bucket"].split("x"))
+
+    frames = collector.frames_for(int(clip["start_frame"]), Bucket(w, h, f))
+    if frames is not None:
+        clip["frames"], clip[FRAMES_FOR] = frames, bucketed["sample_id"]
 
 
 def _write_clip(clip: dict[str, Any], row: dict[str, Any], opts: Mapping[str, Any], output: str | None, so: dict[str, Any] | None) -> dict[str, Any]:
@@ -890,10 +1072,14 @@ def _error(row: dict[str, Any], reason: str, t0: float, decoded: int, source_fra
 # Manifest lines and part files (resume)
 
 
+_SPEED_ONLY = ("enabled", "segment_seconds", "overlap_seconds", "shared_decode_mb")
+
+
 def part_key(uri: str, start: Any, end: Any, opts: Mapping[str, Any]) -> str:
     """Id of one source's clip list: the source, its span as given, and every option that
-    changes clips (not `enabled`, `segment_seconds`, `overlap_seconds`: those change speed only)."""
-    relevant = {k: v for k, v in sorted(opts.items()) if k not in ("enabled", "segment_seconds", "overlap_seconds")}
+    changes clips (not `enabled`, `segment_seconds`, `overlap_seconds`, `shared_decode_mb`: those
+    change speed only)."""
+    relevant = {k: v for k, v in sorted(opts.items()) if k not in _SPEED_ONLY}
     return stable_hash(uri, _int(start, 0), _int(end), json.dumps(relevant, sort_keys=True, default=str), length=24)
 
 
@@ -930,8 +1116,6 @@ def manifest_line(row: dict[str, Any]) -> dict[str, Any]:
 
 def plain(value: Any) -> Any:
     """numpy scalars/arrays and NaN (what Ray Data batches make of values) -> JSON values."""
-    import numpy as np
-
     if isinstance(value, np.ndarray):
         return [plain(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):

@@ -79,35 +79,60 @@ def split_rows(
     output: str,
     storage_options: dict[str, Any] | None = None,
     use_parts: bool = True,
+    frame_request: scenes.FrameRequest | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """flat_map UDF: a probed row -> its clip rows, reusing or writing the source's part file."""
+    """flat_map UDF: a probed row -> its clip rows, reusing or writing the source's part file.
+    With a `frame_request` every row has `frames` / `_frames_for` (empty where prepare decodes)."""
     row = dict(row)
     given_key = row.pop("_split_key", None)
     if is_error(row):
-        yield scenes.passthrough(row)
+        yield _with_frames(scenes.passthrough(row), frame_request)
         return
     key = given_key or scenes.row_part_key(row, opts)
     fs, part_path = get_fs(_part_url(output, key), storage_options)
     if use_parts and fs.exists(part_path):
         with fs.open(part_path, "rb") as f:
             records = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
-        yield from scenes.rows_from_part(row, records)
+        for clip in scenes.rows_from_part(row, records):
+            yield _with_frames(clip, frame_request)
         return
     segments = _ray_segments if ray.is_initialized() else None
     produced: list[dict[str, Any]] = []
-    for clip in scenes.split_video(row, opts, output, storage_options, segments):
-        produced.append(clip)
-        yield clip
+    for clip in scenes.split_video(row, opts, output, storage_options, segments, frame_request):
+        produced.append({k: v for k, v in clip.items() if k != "frames"})
+        yield _with_frames(clip, frame_request)
     if use_parts and produced and not any(is_error(r) for r in produced):
         text = "".join(_dumps(scenes.part_record(r)) + "\n" for r in produced)
         write_bytes_atomic(fs, part_path, text.encode())
+
+
+def _with_frames(row: dict[str, Any], frame_request: scenes.FrameRequest | None) -> dict[str, Any]:
+    if frame_request is not None:
+        row.setdefault("frames", scenes.NO_FRAMES)
+        row.setdefault(scenes.FRAMES_FOR, None)
+    return row
+
+
+def frame_request(cfg: PipelineConfig) -> scenes.FrameRequest | None:
+    """What prepare will decode, so split_scenes can make it from its own decode (docs/scenes.md,
+    "One decode per video"); None when it cannot: clip files, or `shared_decode_mb: 0`."""
+    if cfg.split.mode != "virtual" or not cfg.split.shared_decode_mb:
+        return None
+    return scenes.FrameRequest(
+        tuple(cfg.bucket_list()), cfg.prepare.target_fps, cfg.prepare.resize_filter, cfg.split.shared_decode_mb
+    )
 
 
 def add_stage(ds: Any, cfg: PipelineConfig) -> Any:
     """split_scenes inside another pipeline: one row per clip from here on."""
     return ds.flat_map(
         split_rows,
-        fn_kwargs={"opts": options(cfg), "output": cfg.output, "storage_options": cfg.storage_options},
+        fn_kwargs={
+            "opts": options(cfg),
+            "output": cfg.output,
+            "storage_options": cfg.storage_options,
+            "frame_request": frame_request(cfg),
+        },
         num_cpus=scenes.RESOURCES.num_cpus,
     )
 
@@ -201,7 +226,12 @@ class SplitSink(Datasink):
         self.result = sum_write_returns(write_result.write_returns, ("counts", "errors", "seconds", "decoded_frames"))
 
 
-def _check_clip_names(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
+def check_input(rows: list[dict[str, Any]], cfg: PipelineConfig) -> None:
+    """Before the split stage runs inside another pipeline: the input's clip names are unique."""
+    check_clip_names(rows, options(cfg))
+
+
+def check_clip_names(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     """Clip files of different sources must not share names (the default uses the file stem)."""
     if opts["mode"] == "virtual" or "{hash" in opts["clip_name"] or "{start" in opts["clip_name"]:
         return
@@ -271,7 +301,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     so = cfg.storage_options
     opts = options(cfg)
     rows = read_manifest(cfg.input, cfg.input_format, so)
-    _check_clip_names(rows, opts)
+    check_clip_names(rows, opts)
     connect(cfg.ray.address, cfg.ray.num_cpus)
     configure_data_context(cfg)
 
