@@ -20,9 +20,11 @@ baseline embeds every row's caption as written. Speed-up = baseline seconds / pi
 Each side runs in a fresh Python process, so both pay their own imports and model loads and the
 driver's peak RSS (resource.getrusage) is its own; Ray worker processes are not in it. "process"
 is that child's whole wall time (interpreter start, imports, ray.shutdown); "CPU s" is the CPU
-time of the child and all its descendants (Ray's included, sampled with psutil). The last line
-says how much CPU other processes on the machine used meanwhile: figures taken while that is
-large are noise (both sides suffer, not equally: Ray runs its workers at nice 15).
+time of the child and all its descendants (Ray's included, sampled with psutil). The last lines
+say how much CPU other processes on the machine used meanwhile and how much the hypervisor stole
+from this VM: figures taken while either is large are noise (both sides suffer, not equally: Ray
+runs its workers at nice 15). The pipeline side also prints Ray Data's execution plan of each
+pass, which shows what was fused into which actor.
 
 With tiny models on 2 CPUs, Ray's start-up is a large share of a small run, so the ratio can be
 below 1: run with larger --clips to see whether and where the lines cross. Nothing here asserts
@@ -86,6 +88,17 @@ def machine_busy_seconds() -> float:
     except OSError:
         return 0.0
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests since boot (Linux VMs; 0 elsewhere): on a
+    shared VM a run can be slow while no process on the machine is busy."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+    except (OSError, ValueError):
+        return 0.0
 
 
 class TreeCPU(threading.Thread):
@@ -225,16 +238,20 @@ def spawn(which: str, args, manifest: Path, tmp: Path) -> dict:
         cmd += ["--set", s]
     log = tmp / f"{which}.log"
     env = {**os.environ, "RAY_TMPDIR": str(tmp / "ray")}  # Ray's session files go with the temp dir
-    t0, busy0 = time.perf_counter(), machine_busy_seconds()
+    t0, busy0, steal0 = time.perf_counter(), machine_busy_seconds(), steal_seconds()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
     wall = time.perf_counter() - t0
     busy = machine_busy_seconds() - busy0
+    steal = steal_seconds() - steal0
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.exit(f"{which} failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(log.read_text().splitlines()[-30:]))
     result = json.loads(lines[-1][len("RESULT "):])
-    return {**result, "process": wall, "others": max(0.0, busy - result["cpu"])}  # others: the rest of the machine
+    # Ray Data logs each dataset's physical plan: shows which maps were fused into which actor.
+    marker = "Execution plan of Dataset "
+    plans = [line.split(marker, 1)[1].split(": ", 1)[-1] for line in log.read_text().splitlines() if marker in line]
+    return {**result, "process": wall, "others": max(0.0, busy - result["cpu"]), "steal": steal, "plans": plans}  # others: the rest of the machine
 
 
 def main() -> None:
@@ -276,12 +293,16 @@ def main() -> None:
                   f"text pass {p['phases']['text']:.1f}s, ray.shutdown {p['ray_shutdown']:.1f}s")
             stages = ", ".join(f"{k} {v:.1f}s" for k, v in p["stage_seconds"].items())
             print(f"pipeline stage seconds (summed over rows, from run.json): {stages}")
+            for i, plan in enumerate(p["plans"]):
+                print(f"Ray Data execution plan {i + 1}: {plan}")
         if len(results) == 2:
             b, p = results["baseline"], results["pipeline"]
             print(f"speedup (baseline / pipeline): end to end {b['end_to_end'] / p['end_to_end']:.2f}x, "
                   f"after ray.init {b['end_to_end'] / p['after_init']:.2f}x, whole process {b['process'] / p['process']:.2f}x")
         print("CPU seconds used meanwhile by other processes on this machine (noise; 0 on a quiet one): "
               + ", ".join(f"{w} {r['others']:.0f}" for w, r in results.items()))
+        print("CPU seconds stolen by the hypervisor meanwhile (noise too; 0 on a dedicated machine): "
+              + ", ".join(f"{w} {r['steal']:.0f}" for w, r in results.items()))
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -19,7 +19,7 @@ from latentforge.operators.frames import assign_bucket, load_frames
 from latentforge.operators.probe import probe
 from latentforge.operators.text import encode_captions
 from latentforge.operators.vae import frames_to_input
-from latentforge.pipelines.precompute import run
+from latentforge.pipelines.precompute import model_pool_args, run, video_dataset
 from latentforge.sample_media import make_image, make_video
 
 pytestmark = pytest.mark.ray
@@ -150,3 +150,66 @@ def test_rerun_adds_nothing_and_resume_restores_what_was_lost(first_run):
     assert sorted(r["sample_id"] for r in _latents(cfg)) == before
     emb = read_table(cfg.output, f"embeddings/encoder={get_preset(cfg.model).text_encoder_name}")
     assert emb.num_rows == len({r["caption_id"] for r in _latents(cfg)})
+
+
+def _explain(ds) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        ds.explain()
+    return buf.getvalue().split("Physical Plan (Optimized)")[-1]
+
+
+@pytest.mark.parametrize("use_gpus", [False, True])
+def test_prepare_runs_in_its_own_tasks_not_in_the_vae_actor(ray_local, tmp_path, use_gpus):
+    """`_prepare` stays in its own 1-CPU tasks: on a CPU-only run the VAE actor (1 CPU too) spells
+    out Ray Data's SPREAD strategy so that the two are not fused; GPU runs keep num_gpus from the
+    config and 1 CPU per actor."""
+    cfg = load_config(None, [], input=str(tmp_path / "x.jsonl"), output=str(tmp_path / "out"), model="tiny-wan2.1", buckets=BUCKETS)
+    ds = video_dataset(cfg, [{"media_path": "a.mp4", "uri": str(tmp_path / "a.mp4")}], frozenset(), use_gpus)
+    physical = _explain(ds)
+    assert "Map(_prepare)->MapBatches(VideoEncodeStage)" not in physical
+    assert "ActorPoolMapOperator[MapBatches(VideoEncodeStage)]" in physical
+    args, kwargs = model_pool_args(cfg.encode_video, use_gpus, 1.0)
+    if use_gpus:
+        assert (args["num_gpus"], args["num_cpus"], kwargs) == (cfg.encode_video.num_gpus, 1.0, {})
+    else:
+        assert args == {"num_gpus": 0, "num_cpus": 1.0, "scheduling_strategy": "SPREAD"}
+        assert kwargs == {"cpu_actors_per_node": 1}
+
+
+def test_cpu_model_actors_compute_on_every_cpu_of_the_node(ray_local):
+    """Ray gives a 1-CPU actor OMP_NUM_THREADS=1; on CPU-only runs the encoders set torch's threads
+    to the node's CPUs (divided among the pool's actors on a node) instead."""
+    import os
+
+    import numpy as np
+    import ray
+
+    from latentforge.operators.text import TextEncodeStage
+    from latentforge.operators.vae import VideoEncodeStage
+
+    class VideoThreads(VideoEncodeStage):
+        def __call__(self, batch):
+            return {**batch, "video_threads": np.full(len(batch["x"]), torch.get_num_threads())}
+
+    class TextThreads(TextEncodeStage):
+        def __call__(self, batch):
+            return {**batch, "text_threads": np.full(len(batch["x"]), torch.get_num_threads())}
+
+    cfg = load_config(None, [], input="x.jsonl", output="out", model="tiny-wan2.1", buckets=BUCKETS)
+    ds = ray.data.from_items([{"x": 1}])
+    for stage, pool in ((VideoThreads, cfg.encode_video), (TextThreads, cfg.encode_text)):
+        args, kwargs = model_pool_args(pool, False, 1.0)
+        ds = ds.map_batches(
+            stage,
+            fn_constructor_kwargs={"model": cfg.model, **kwargs},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+            **args,
+        )
+    [row] = ds.take_all()
+    node_cpus = min(len(os.sched_getaffinity(0)), int(ray.cluster_resources()["CPU"]))
+    assert row["video_threads"] == row["text_threads"] == node_cpus

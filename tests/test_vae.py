@@ -59,3 +59,28 @@ def test_frames_to_input_scales_to_minus_one_one():
     x = frames_to_input(np.array([[[[[0, 255, 127]]]]], dtype=np.uint8))
     assert x.shape == (1, 3, 1, 1, 1)
     torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, 1.0, 127 / 127.5 - 1]))
+
+
+def test_frames_to_input_on_a_device_is_bit_identical_on_cpu():
+    """The uint8 -> device -> float path (used so a GPU receives uint8) changes nothing on the CPU."""
+    frames = np.random.default_rng(1).integers(0, 256, size=(2, 5, 8, 16, 3), dtype=np.uint8)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        old = frames_to_input(frames).to("cpu", dtype)  # what encode() did before
+        new = frames_to_input(frames, "cpu", dtype)
+        assert new.dtype == dtype and new.shape == old.shape and torch.equal(new, old)
+
+
+def test_cpu_threads_follow_the_node_cpus_not_ray_omp_default():
+    from latentforge.operators.devices import node_cpus, set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # what Ray's OMP_NUM_THREADS=1 gives a 0- or 1-CPU actor
+        assert set_cpu_threads("cpu", None) == 1  # not asked to: unchanged
+        assert set_cpu_threads("cuda", 1) == 1  # GPU actors keep Ray's setting
+        assert set_cpu_threads("cpu", 1) == node_cpus()
+        assert set_cpu_threads("cpu", node_cpus() + 1) == 1  # never below one thread
+        stage = VideoEncodeStage("tiny-wan2.1", device="cpu", cpu_actors_per_node=1)
+        assert stage.num_threads == torch.get_num_threads() == node_cpus()
+    finally:
+        torch.set_num_threads(before)

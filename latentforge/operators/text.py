@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
-from latentforge.operators.devices import default_device, default_dtype
+from latentforge.operators.devices import default_device, default_dtype, set_cpu_threads
 from latentforge.operators.base import Resources, has_value, object_column
 
 STAGE = "encode_text"
@@ -123,7 +123,10 @@ class TextEncodeStage:
         dtype: str | None = None,
         device: str | None = None,
         batch_size: int = 8,
+        cpu_actors_per_node: int | None = None,
     ):
+        """`cpu_actors_per_node`: on the CPU, torch gets the node's CPUs divided by this as
+        threads (the pipeline passes it on CPU-only runs); None keeps torch's thread count."""
         from latentforge.models import get_preset, load_text_pipeline
 
         self.preset = get_preset(model, model_path)
@@ -133,6 +136,7 @@ class TextEncodeStage:
             raise ValueError(f"dtype {self.dtype_name!r}: expected one of {', '.join(DTYPES)}")
         self.dtype = DTYPES[self.dtype_name]
         self.batch_size = max(1, int(batch_size or 1))
+        self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
         self.pipe = load_text_pipeline(self.preset, device=self.device, dtype=self.dtype)
         self.has_pooled = self.preset.family == "hunyuanvideo"
 

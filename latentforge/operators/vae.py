@@ -14,17 +14,28 @@ import numpy as np
 import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
-from latentforge.operators.devices import default_device, default_dtype
+from latentforge.operators.devices import default_device, default_dtype, set_cpu_threads
 from latentforge.operators.base import Resources, has_value, object_column
 
 RESOURCES = Resources(num_cpus=1, num_gpus=1)
 STAGE = "encode_video"
 
 
-def frames_to_input(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [B, F, H, W, 3] -> float [B, 3, F, H, W] in [-1, 1], the layout diffusers VAEs take."""
+def frames_to_input(
+    frames: np.ndarray, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """uint8 [B, F, H, W, 3] -> float [B, 3, F, H, W] in [-1, 1], the layout diffusers VAEs take.
+
+    With a `device`, the uint8 frames move there first and are scaled there: a GPU receives a
+    quarter of the bytes of float32 frames. The scaling is the same float32 arithmetic on any
+    device, and the cast to `dtype` comes last, so on the CPU the result is bit-identical to
+    `frames_to_input(frames).to(dtype)`.
+    """
     x = torch.from_numpy(np.ascontiguousarray(frames))
-    return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
+    if device is not None:
+        x = x.to(device)  # uint8; a no-op on the CPU
+    x = x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
+    return x if dtype is None else x.to(dtype)
 
 
 class VideoEncodeStage:
@@ -40,12 +51,16 @@ class VideoEncodeStage:
         device: str | None = None,
         store_logvar: bool = False,
         micro_batch: int = 4,
+        cpu_actors_per_node: int | None = None,
     ):
+        """`cpu_actors_per_node`: on the CPU, torch gets the node's CPUs divided by this as
+        threads (the pipeline passes it on CPU-only runs); None keeps torch's thread count."""
         from latentforge.models import get_preset, load_vae
 
         self.device = device or default_device()
         self.dtype_name = dtype or default_dtype(self.device)
         self.dtype = DTYPES[self.dtype_name]
+        self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
         self.preset = get_preset(model, model_path)
         self.vae = load_vae(self.preset, device=self.device, dtype=self.dtype)
         self.store_logvar = store_logvar
@@ -54,7 +69,7 @@ class VideoEncodeStage:
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Same-shape uint8 frames [B, F, H, W, 3] -> (mean, logvar), each [B, C, f, h, w]."""
-        x = frames_to_input(frames).to(self.device, self.dtype)
+        x = frames_to_input(frames, self.device, self.dtype)
         dist = self.vae.encode(x).latent_dist
         return dist.mean, dist.logvar
 

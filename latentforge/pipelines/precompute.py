@@ -10,6 +10,7 @@ passes resumes with the text pass alone.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import sys
 import time
@@ -64,6 +65,37 @@ def _pool_resources(pool: Any, use_gpus: bool, cpu_actors: float) -> str:
     return f"{size}, {each}, batch {pool.batch_size}"
 
 
+def cpu_actors_per_node(max_actors: int) -> int:
+    """How many actors of one CPU-only model pool share a node: Ray Data spreads an actor pool
+    over the nodes (its default SPREAD strategy), so ceil(max_actors / nodes with CPUs). Nodes
+    that join later only make this an overestimate (fewer threads, never oversubscription)."""
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+    return max(1, math.ceil(max_actors / max(1, nodes)))
+
+
+def model_pool_args(pool: Any, use_gpus: bool, num_cpus: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Ray arguments for map_batches, extra constructor kwargs) of a model actor pool
+    (encode_video, encode_text); `num_cpus` is what the operator declares (Resources).
+
+    GPU runs: `pool.num_gpus` GPUs and `num_cpus` CPUs per actor; torch's threads are left alone.
+
+    CPU-only runs (docs/benchmarks.md, "CPU-only runs"):
+    - each actor still reserves `num_cpus` (1), so the rest of a node stays schedulable for the
+      1-CPU probe/split/prepare tasks: a 2-core machine keeps one CPU for them;
+    - the actor sets torch's threads to its node's CPUs divided among the pool's actors on a node
+      (`cpu_actors_per_node`), instead of the OMP_NUM_THREADS=1 that Ray gives a 1-CPU actor;
+    - `scheduling_strategy="SPREAD"` is spelled out. It is what Ray Data uses for actor pools
+      anyway, so placement does not change, but it makes the actor's remote args differ from the
+      1-CPU `_prepare` map's; with equal args Ray Data fuses `_prepare` into the VAE actor, and
+      decoding then runs inside the actor, one clip after the other (tests/test_pipeline.py
+      checks the plan).
+    """
+    if use_gpus:
+        return {"num_gpus": pool.num_gpus, "num_cpus": num_cpus}, {}
+    args = {"num_gpus": 0, "num_cpus": num_cpus, "scheduling_strategy": "SPREAD"}
+    return args, {"cpu_actors_per_node": cpu_actors_per_node(pool.max_actors)}
+
+
 def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
     """The stages this config runs, with buckets, models and resources, without running them."""
     if cfg.pipeline not in ("precompute", "all"):
@@ -74,10 +106,20 @@ def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
     preset = get_preset(cfg.model, cfg.model_path)
     use_gpus = bool(use_gpus)
     dev_dtype = "bfloat16" if use_gpus else "float32"
+
+    def clip_stage_plans(name: str) -> list[StagePlan]:
+        # a stage whose plan depends on GPUs (caption: resources, dtype, quantisation) takes use_gpus
+        import inspect
+
+        plan_stages = _clip_stage_module(name).plan_stages
+        if "use_gpus" in inspect.signature(plan_stages).parameters:
+            return plan_stages(cfg, use_gpus=use_gpus)
+        return plan_stages(cfg)
+
     stages = [
         StagePlan("source", "driver", "-", f"read {cfg.input} (format: {cfg.input_format})"),
         StagePlan("probe", "map", f"{probe_op.RESOURCES.num_cpus:g} CPU/task", "container metadata via PyAV; unreadable media -> error rows"),
-        *[stage for name in CLIP_STAGES if stage_enabled(cfg, name) for stage in _clip_stage_module(name).plan_stages(cfg)],
+        *[stage for name in CLIP_STAGES if stage_enabled(cfg, name) for stage in clip_stage_plans(name)],
         StagePlan(
             "prepare",
             "map",
@@ -127,8 +169,9 @@ def finalize_caption(row: dict[str, Any], trigger_word: str | None, strip_opener
 
 
 # Optional stages between probe and prepare, in order; each lives in latentforge.pipelines.<name>
-# with `add_stage(ds, cfg) -> ds` and `plan_stages(cfg) -> list[StagePlan]`, and is configured
-# by the config section of the same name.
+# with `add_stage(ds, cfg) -> ds` and `plan_stages(cfg[, use_gpus]) -> list[StagePlan]`, and
+# optionally `check_input(rows, cfg)` (before any work) and `stage_counts(cfg)` (for run.json);
+# it is configured by the config section of the same name.
 CLIP_STAGES = ("split", "caption")
 
 
@@ -154,7 +197,7 @@ def _bucket_and_skip(row: dict[str, Any], buckets: list, target_fps: float | Non
 
 def _prepare(row: dict[str, Any], target_fps: float | None, resize_filter: str, storage_options: dict) -> dict[str, Any]:
     if row.get("_done"):
-        return {"frames": frames_op.NO_FRAMES, "_seconds_prepare": 0.0, "_decoded_frames_prepare": 0, **row}
+        return {"_seconds_prepare": 0.0, "_decoded_frames_prepare": 0, **row, "frames": frames_op.NO_FRAMES}
     return frames_op.load_frames(row, target_fps, resize_filter, storage_options)
 
 
@@ -200,35 +243,16 @@ def _clear_errors(cfg: PipelineConfig) -> None:
         fs.rm(path, recursive=True)
 
 
-def run(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the precompute pipeline; returns the run summary also written to run.json."""
-    started = time.time()
-    started_at = datetime.now(timezone.utc).isoformat()
-    connect(cfg.ray.address, cfg.ray.num_cpus)
-    configure_data_context(cfg)
-    use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus
-    plan(cfg, use_gpus)  # validates the pipeline choice before any work
-    preset = get_preset(cfg.model, cfg.model_path)
+def video_dataset(cfg: PipelineConfig, rows: list[dict[str, Any]], done: frozenset, use_gpus: bool) -> Any:
+    """The video pass up to its sink: probe -> [clip stages] -> prepare -> encode_video.
+
+    `_prepare` runs as 1-CPU tasks, never fused into the VAE actors (model_pool_args).
+    """
+    so = cfg.storage_options
     buckets = cfg.bucket_list()
     target_fps = cfg.prepare.target_fps
-    so = cfg.storage_options
-
-    rows = read_manifest(cfg.input, cfg.input_format, so)
-    done = frozenset(existing_values(cfg.output, LATENTS, "sample_id", so))
-    _clear_errors(cfg)
-    log.info("latentforge: %d input rows, %d finished samples already in %s", len(rows), len(done), cfg.output)
-
-    latent_metadata = {
-        "model": preset.name,
-        "vae_class": preset.vae_class,
-        "vae_id": preset.repo,
-        "latentforge": __version__,
-        "layout": "latent mean [C, F, H, W] of the VAE, not normalised",
-    }
-    latent_metadata["vae_normalization"] = vae_normalization(preset)
-
     video_pool = cfg.encode_video
-    t_video = time.perf_counter()
+    resources, actor_kwargs = model_pool_args(video_pool, use_gpus, vae_op.RESOURCES.num_cpus)
     ds = ray.data.from_items(rows)
     ds = ds.map(probe_op.probe, fn_kwargs={"storage_options": so}, num_cpus=probe_op.RESOURCES.num_cpus)
     for name in CLIP_STAGES:
@@ -253,13 +277,46 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             "dtype": video_pool.dtype,
             "store_logvar": video_pool.store_logvar,
             "micro_batch": video_pool.batch_size,
+            **actor_kwargs,
         },
         batch_size=video_pool.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=video_pool.min_actors, max_size=video_pool.max_actors),
-        num_gpus=video_pool.num_gpus if use_gpus else 0,
-        num_cpus=vae_op.RESOURCES.num_cpus,
+        **resources,
     )
+    return ds
+
+
+def run(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the precompute pipeline; returns the run summary also written to run.json."""
+    started = time.time()
+    started_at = datetime.now(timezone.utc).isoformat()
+    connect(cfg.ray.address, cfg.ray.num_cpus)
+    configure_data_context(cfg)
+    use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus
+    plan(cfg, use_gpus)  # validates the pipeline choice before any work
+    preset = get_preset(cfg.model, cfg.model_path)
+    so = cfg.storage_options
+
+    rows = read_manifest(cfg.input, cfg.input_format, so)
+    for name in CLIP_STAGES:  # e.g. split: clip file names must not collide
+        if stage_enabled(cfg, name) and hasattr(_clip_stage_module(name), "check_input"):
+            _clip_stage_module(name).check_input(rows, cfg)
+    done = frozenset(existing_values(cfg.output, LATENTS, "sample_id", so))
+    _clear_errors(cfg)
+    log.info("latentforge: %d input rows, %d finished samples already in %s", len(rows), len(done), cfg.output)
+
+    latent_metadata = {
+        "model": preset.name,
+        "vae_class": preset.vae_class,
+        "vae_id": preset.repo,
+        "latentforge": __version__,
+        "layout": "latent mean [C, F, H, W] of the VAE, not normalised",
+    }
+    latent_metadata["vae_normalization"] = vae_normalization(preset)
+
+    t_video = time.perf_counter()
+    ds = video_dataset(cfg, rows, done, use_gpus)
     latent_sink = ShardDatasink(cfg.output, LATENTS, key="sample_id", partition="bucket", storage_options=so, metadata=latent_metadata)
     ds.write_datasink(latent_sink)
     video_wall = time.perf_counter() - t_video
@@ -271,8 +328,13 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "errors": sum(latent_sink.result.get("errors", {}).values()),
         "errors_by_reason": dict(latent_sink.result.get("errors", {})),
     }
+    for name in CLIP_STAGES:  # e.g. caption: "captioned" (clips the model captioned in this run)
+        if stage_enabled(cfg, name) and hasattr(_clip_stage_module(name), "stage_counts"):
+            counts.update(_clip_stage_module(name).stage_counts(cfg))
     stage_seconds = dict(latent_sink.result.get("seconds", {}))
     decoded_frames = dict(latent_sink.result.get("decoded_frames", {}))
+    # frames of the videos split in this job: with decoded_frames, how often each was decoded
+    source_frames = latent_sink.result.get("counts", {}).get("source_frames", 0)
     text_wall = 0.0
     if cfg.encode_text.enabled:
         t_text = time.perf_counter()
@@ -292,6 +354,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "phase_wall_seconds": {"video": round(video_wall, 3), "text": round(text_wall, 3)},
         "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
         "decoded_frames": decoded_frames,
+        **(
+            {"source_frames": source_frames, "decoded_per_source_frame": round(sum(decoded_frames.values()) / source_frames, 4)}
+            if source_frames
+            else {}
+        ),
         "counts": counts,
         "model": {
             "preset": preset.name,
@@ -335,14 +402,20 @@ def _encode_text(cfg: PipelineConfig, preset: Any, use_gpus: bool) -> tuple[dict
     if not todo:
         return counts, {}
     pool = cfg.encode_text
+    resources, actor_kwargs = model_pool_args(pool, use_gpus, text_op.TextEncodeStage.resources.num_cpus)
     ds = ray.data.from_items(todo).map_batches(
         text_op.TextEncodeStage,
-        fn_constructor_kwargs={"model": cfg.model, "model_path": cfg.model_path, "dtype": pool.dtype, "batch_size": pool.batch_size},
+        fn_constructor_kwargs={
+            "model": cfg.model,
+            "model_path": cfg.model_path,
+            "dtype": pool.dtype,
+            "batch_size": pool.batch_size,
+            **actor_kwargs,
+        },
         batch_size=pool.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-        num_gpus=pool.num_gpus if use_gpus else 0,
-        num_cpus=text_op.TextEncodeStage.resources.num_cpus,
+        **resources,
     )
     metadata = {
         "model": preset.name,
