@@ -39,6 +39,7 @@ from ray.data import Datasink
 from ray.data.datasource.datasink import WriteResult
 
 from latentforge import __version__
+from latentforge.cluster import cluster_has_gpus
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.shards import ERRORS, LATENTS, existing_values, shard_name, sum_write_returns, write_error_shard, write_run_summary
 from latentforge.operators import captioning as cap_op
@@ -150,7 +151,11 @@ def preflight(cfg: PipelineConfig) -> None:
     key = _quantization_key(cfg)
     if key is not None:
         use_gpus = cfg.ray.use_gpus
-        if use_gpus is None and not (cfg.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        if use_gpus is None and ray.is_initialized():  # already connected (a notebook, tests): ask it
+            use_gpus = cluster_has_gpus()
+            if not use_gpus:
+                raise _quantization_error(key, "the Ray cluster this process is connected to has no GPUs")
+        if use_gpus is None and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
             use_gpus = _cuda_available()  # the embedded local Ray has this machine's GPUs
             if not use_gpus:
                 raise _quantization_error(key, "this machine has no CUDA (the run would use an embedded local Ray)")
@@ -306,8 +311,6 @@ def actor_cpus(cfg: PipelineConfig, use_gpus: bool) -> float:
 
 
 def _use_gpus(cfg: PipelineConfig) -> bool:
-    from latentforge.cluster import cluster_has_gpus
-
     return cluster_has_gpus() if cfg.ray.use_gpus is None else bool(cfg.ray.use_gpus)
 
 
