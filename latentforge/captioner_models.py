@@ -28,7 +28,15 @@ from typing import Any
 
 import torch
 
-from latentforge.models import _CORPUS, _learn_bpe, _seeded, build_folder_once, latentforge_home
+from latentforge.models import (
+    _CORPUS,
+    _learn_bpe,
+    _seeded,
+    build_folder_once,
+    latentforge_home,
+    recipe_marker_ok,
+    write_recipe_marker,
+)
 
 TINY_CAPTIONER_RECIPE_VERSION = 2
 _MARKER = "latentforge_tiny_captioner.json"
@@ -248,11 +256,7 @@ def tiny_captioner_dir(name: str) -> str:
 
 
 def _marker_ok(folder: str) -> bool:
-    try:
-        with open(os.path.join(folder, _MARKER)) as f:
-            return json.load(f).get("recipe_version") == TINY_CAPTIONER_RECIPE_VERSION
-    except (OSError, ValueError):
-        return False
+    return recipe_marker_ok(folder, _MARKER, TINY_CAPTIONER_RECIPE_VERSION)
 
 
 def ensure_tiny_captioner(name: str) -> str:
@@ -310,11 +314,9 @@ def tiny_qwen_tokenizer(specials: list[str] | None = None, named: dict[str, str]
     return tok
 
 
-def _tiny_qwen_vl(family: str, tok):
-    import transformers
-
-    ids = {s: tok.convert_tokens_to_ids(s) for s in _QWEN_SPECIALS}
-    text = dict(
+def _tiny_qwen_text(tok, ids: dict[str, int]) -> dict:
+    """The tiny Qwen language model shared by the VL and Omni twins (a fresh dict each call)."""
+    return dict(
         vocab_size=len(tok),
         hidden_size=32,
         intermediate_size=64,
@@ -328,6 +330,13 @@ def _tiny_qwen_vl(family: str, tok):
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
+
+
+def _tiny_qwen_vl(family: str, tok):
+    import transformers
+
+    ids = {s: tok.convert_tokens_to_ids(s) for s in _QWEN_SPECIALS}
+    text = _tiny_qwen_text(tok, ids)
     tokens = dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -379,19 +388,7 @@ def _tiny_qwen_omni(tok):
     import transformers
 
     ids = {s: tok.convert_tokens_to_ids(s) for s in _OMNI_SPECIALS}
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+    text = _tiny_qwen_text(tok, ids)
     vision = dict(
         depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=14,
         spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
@@ -464,15 +461,4 @@ def _build_tiny_captioner(name: str, dest: str) -> None:
         processor = proc_cls(image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=QWEN_VL_CHAT_TEMPLATE)
     model.save_pretrained(dest)
     processor.save_pretrained(dest)
-    with open(os.path.join(dest, _MARKER), "w") as f:
-        json.dump(
-            {
-                "recipe_version": TINY_CAPTIONER_RECIPE_VERSION,
-                "name": name,
-                "family": family,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-            },
-            f,
-            indent=2,
-        )
+    write_recipe_marker(dest, _MARKER, TINY_CAPTIONER_RECIPE_VERSION, name=name, family=family)

@@ -358,12 +358,26 @@ def tiny_dir(preset: ModelPreset | str) -> str:
     return os.path.join(latentforge_home(), "tiny", name)
 
 
-def _marker_ok(folder: str) -> bool:
+def recipe_marker_ok(folder: str, marker: str, version: int) -> bool:
+    """Whether `folder` is a finished tiny twin of recipe `version` (its marker file, written last)."""
     try:
-        with open(os.path.join(folder, _TINY_MARKER)) as f:
-            return json.load(f).get("recipe_version") == TINY_RECIPE_VERSION
+        with open(os.path.join(folder, marker)) as f:
+            return json.load(f).get("recipe_version") == version
     except (OSError, ValueError):
         return False
+
+
+def write_recipe_marker(folder: str, marker: str, version: int, **about: Any) -> None:
+    """The marker `recipe_marker_ok` looks for, with what built the twin; written last."""
+    import transformers
+
+    record = {"recipe_version": version, **about, "torch": torch.__version__, "transformers": transformers.__version__}
+    with open(os.path.join(folder, marker), "w") as f:
+        json.dump(record, f, indent=2)
+
+
+def _marker_ok(folder: str) -> bool:
+    return recipe_marker_ok(folder, _TINY_MARKER, TINY_RECIPE_VERSION)
 
 
 # torch's RNG is process-global: two threads seeding and drawing at once would interleave
@@ -796,7 +810,6 @@ _SEED_VAE, _SEED_TEXT, _SEED_TEXT_2 = 1234, 5678, 9012
 def _build_tiny(preset: ModelPreset, dest: str) -> None:
     """Build the tiny twin of `preset` into `dest` (a diffusers-style pipeline folder)."""
     import diffusers
-    import transformers
 
     base = preset.name[len("tiny-") :]
     family = preset.family
@@ -839,15 +852,4 @@ def _build_tiny(preset: ModelPreset, dest: str) -> None:
             index[pname] = [None, None]
     with open(os.path.join(dest, "model_index.json"), "w") as f:
         json.dump(index, f, indent=2)
-    with open(os.path.join(dest, _TINY_MARKER), "w") as f:
-        json.dump(
-            {
-                "recipe_version": TINY_RECIPE_VERSION,
-                "preset": preset.name,
-                "torch": torch.__version__,
-                "diffusers": diffusers.__version__,
-                "transformers": transformers.__version__,
-            },
-            f,
-            indent=2,
-        )
+    write_recipe_marker(dest, _TINY_MARKER, TINY_RECIPE_VERSION, preset=preset.name, diffusers=diffusers.__version__)
