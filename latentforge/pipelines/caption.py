@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import posixpath
-import sys
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -52,7 +51,7 @@ from latentforge.pipelines.precompute import (
     _pool_resources,
     _versions,
     configure_data_context,
-    redacted,
+    provenance,
     stage_enabled,
 )
 from latentforge.storage import get_fs, join, write_bytes_atomic
@@ -645,9 +644,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             **({"base_url": c.base_url, "api_key_env": c.api_key_env} if c.backend == "openai" else {}),
         },
         "used_gpus": use_gpus,
-        "versions": _versions(),
-        "config": redacted(cfg),
-        "command": sys.argv,
+        **provenance(cfg, _versions()),
     }
     write_run_summary(cfg.output, summary, so)
     return summary

@@ -219,6 +219,11 @@ def redacted(cfg: PipelineConfig) -> dict[str, Any]:
     return data
 
 
+def provenance(cfg: PipelineConfig, versions: dict[str, str]) -> dict[str, Any]:
+    """What every run.json ends with: package versions, the config (credentials masked), the command."""
+    return {"versions": versions, "config": redacted(cfg), "command": sys.argv}
+
+
 def _versions() -> dict[str, str]:
     import av
     import diffusers
@@ -368,9 +373,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             "text_encoder": preset.text_encoder_name,
         },
         "used_gpus": use_gpus,
-        "versions": _versions(),
-        "config": redacted(cfg),
-        "command": sys.argv,
+        **provenance(cfg, _versions()),
     }
     write_run_summary(cfg.output, summary, so)
     return summary

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -294,7 +293,7 @@ def _existing_parts(cfg: PipelineConfig) -> set[str]:
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     """`pipeline: split`; returns the run summary also written to run.json."""
-    from latentforge.pipelines.precompute import configure_data_context, redacted
+    from latentforge.pipelines.precompute import configure_data_context, provenance
 
     started = time.time()
     started_at = datetime.now(timezone.utc).isoformat()
@@ -366,9 +365,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             "clips": join(cfg.output, "clips") if cfg.split.mode != "virtual" else None,
             "errors": join(cfg.output, ERRORS),
         },
-        "versions": _versions(),
-        "config": redacted(cfg),
-        "command": sys.argv,
+        **provenance(cfg, _versions()),
     }
     write_run_summary(cfg.output, summary, so)
     return summary
