@@ -49,6 +49,8 @@ import threading
 import time
 from pathlib import Path
 
+from _machine import machine_busy_seconds, steal_seconds
+
 DEFAULT_BUCKETS = "256x144x17;144x256x17;192x192x17;320x112x17"
 # (width, height, fps) of the generated clips, cycled; lengths cycle through FRAMES.
 SHAPES = [(640, 360, 24), (360, 640, 30), (480, 480, 25), (960, 336, 24), (854, 480, 30), (400, 720, 24)]
@@ -78,27 +80,6 @@ def make_dataset(folder: Path, clips: int) -> Path:
     manifest = folder / "dataset.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return manifest
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes on the machine have used since boot (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in f.readline().split()[1:8])
-    except OSError:
-        return 0.0
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def steal_seconds() -> float:
-    """CPU seconds the hypervisor gave to other guests since boot (Linux VMs; 0 elsewhere): on a
-    shared VM a run can be slow while no process on the machine is busy."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
-    except (OSError, ValueError):
-        return 0.0
 
 
 class TreeCPU(threading.Thread):

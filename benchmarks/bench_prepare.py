@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import tempfile
@@ -53,23 +52,9 @@ from latentforge.operators.frames import assign_bucket, load_frames
 from latentforge.operators.probe import probe
 from latentforge.sample_media import make_video
 
-REPO = Path(__file__).resolve().parents[1]
+from _machine import SHARED_MEDIA, machine_busy_seconds, own_cpu_seconds
+
 REAL_CLIPS = ("bee.mp4", "tears_of_steel_10s.mp4")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes on the machine have used since boot (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in f.readline().split()[1:8])
-    except OSError:
-        return 0.0
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 # ----------------------------------------------------------------------------- methods
@@ -215,7 +200,7 @@ def main() -> None:
     ap.add_argument("--filter", default="area", choices=["area", "bilinear", "bicubic", "lanczos"],
                     help="FFmpeg scaler of the baselines and latentforge (latentforge's default: area)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per method (interleaved)")
-    ap.add_argument("--real", default=os.environ.get("LATENTFORGE_SHARED_MEDIA", str(REPO.parent / "shared" / "media")),
+    ap.add_argument("--real", default=SHARED_MEDIA,
                     help="folder with the real clips (%s); skipped when absent; '' to skip" % ", ".join(REAL_CLIPS))
     ap.add_argument("--workdir", help="where to write the generated clips (kept); default: a temp dir, removed")
     args = ap.parse_args()

@@ -53,27 +53,10 @@ from latentforge.operators import scenes
 from latentforge.operators.probe import probe
 from latentforge.sample_media import scene_frame
 
-REPO = Path(__file__).resolve().parents[1]
+from _machine import SHARED_MEDIA, machine_busy_seconds, own_cpu_seconds
+
 REAL = ("tears_of_steel_10s.mp4", "flower.mp4", "friday.mp4", "bee.mp4")
 REAL_CUTS = {"tears_of_steel_10s.mp4": [21, 65, 185], "flower.mp4": [], "friday.mp4": [], "bee.mp4": []}
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes have used since boot (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in f.readline().split()[1:8])
-    except OSError:
-        return 0.0
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        r = resource.getrusage(who)
-        total += r.ru_utime + r.ru_stime
-    return total
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -290,7 +273,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 repeat, one 1080p video of 12 s, no pipeline run")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the whole-pipeline comparison")
-    ap.add_argument("--real", default=os.environ.get("LATENTFORGE_SHARED_MEDIA", str(REPO.parent / "shared" / "media")))
+    ap.add_argument("--real", default=SHARED_MEDIA)
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "latentforge-bench-split"),
                     help="generated videos are kept here between runs")
     args = ap.parse_args()
@@ -301,7 +284,7 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    busy0, cpu0 = machine_busy_seconds(), own_cpu_seconds()
+    busy0, cpu0 = machine_busy_seconds(), own_cpu_seconds(children=True)
 
     paths, truth = [], {}
     real = Path(args.real)
@@ -324,7 +307,7 @@ def main() -> None:
     if not args.no_pipeline:
         whole_pipeline(paths, workdir, max(1, min(args.repeats, 2)))
     wall = time.perf_counter() - t0
-    others = max(0.0, machine_busy_seconds() - busy0 - (own_cpu_seconds() - cpu0))
+    others = max(0.0, machine_busy_seconds() - busy0 - (own_cpu_seconds(children=True) - cpu0))
     print(f"(meanwhile other processes used {others:.0f} CPU-s of {os.cpu_count() * wall:.0f} available)")
 
 
