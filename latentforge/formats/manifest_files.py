@@ -1,0 +1,156 @@
+"""Plain file helpers under the manifest readers: media types by extension, manifest tables
+(CSV, a JSON list, JSONL), text and list files, and listing folders.
+
+This is the bottom of the manifest modules (`manifests` -> `manifest_readers` -> this one); it
+imports nothing of theirs. Whole-input problems raise `ManifestError`; a bad record inside a
+table becomes a `BadRecord` so the reader can turn it into an error row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from latentforge.storage import join
+
+MEDIA_EXTENSIONS: dict[str, frozenset[str]] = {
+    "video": frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"}),
+    "image": frozenset({".png", ".jpg", ".jpeg", ".webp"}),
+}
+TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
+
+
+class ManifestError(ValueError):
+    """The whole input is unusable (missing, unknown format, unrecognisable columns)."""
+
+
+def media_type_of(ref: str) -> str | None:
+    """'video' / 'image' from the extension (case-insensitive), None when unsupported."""
+    ext = extension(ref)
+    for kind, extensions in MEDIA_EXTENSIONS.items():
+        if ext in extensions:
+            return kind
+    return None
+
+
+def extension(ref: str) -> str:
+    """The lower-case extension with its dot ('' when none); a trailing '/' is ignored."""
+    return posixpath.splitext(str(ref).rstrip("/"))[1].lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    records: list[Any] = field(default_factory=list)  # dicts, or BadRecord
+
+
+@dataclass
+class BadRecord:
+    reason: str
+
+
+def read_table(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Table:
+    """CSV, JSON (list of objects) or JSONL -> columns + records; bad lines become BadRecord."""
+    ext = extension(path)
+    if ext not in TABLE_EXTENSIONS:
+        raise ManifestError(f"{url}: unsupported manifest file type {ext or '(no extension)'!r}; expected .csv, .json or .jsonl")
+    text = read_text(fs, path, url)
+    if ext == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        records: list[Any] = []
+        for record in reader:
+            if None in record:
+                records.append(BadRecord("csv row has more fields than the header"))
+            else:
+                records.append(record)
+        return Table(list(reader.fieldnames or []), records)
+    if ext == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{url}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(data, list):
+            raise ManifestError(f"{url}: expected a JSON list of objects, found {type(data).__name__}")
+        records = [r if isinstance(r, dict) else BadRecord(f"entry {i} is not a JSON object") for i, r in enumerate(data)]
+        return Table(_columns(records), records)
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            records.append(BadRecord(f"invalid JSON on line {number}"))
+            continue
+        records.append(record if isinstance(record, dict) else BadRecord(f"line {number} is not a JSON object"))
+    return Table(_columns(records), records)
+
+
+def _columns(records: list[Any]) -> list[str]:
+    seen: dict[str, None] = {}
+    for record in records:
+        if isinstance(record, dict):
+            seen.update(dict.fromkeys(record))
+    return list(seen)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text files and folders
+
+
+def read_text(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str:
+    try:
+        return fs.cat_file(path).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{url}: not UTF-8 text") from None
+
+
+def read_lines(fs: fsspec.AbstractFileSystem, path: str, folder_url: str) -> list[str]:
+    """Lines of a list file; blank lines at the end are editor leftovers, not entries."""
+    lines = read_text(fs, path, join(folder_url, posixpath.basename(path))).splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def list_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Every file under root, sorted, skipping hidden files and folders."""
+    root = root.rstrip("/")
+    out = []
+    for path in fs.find(root):
+        relative = path[len(root) :].lstrip("/") if path.startswith(root) else posixpath.basename(path)
+        if not any(part.startswith(".") for part in relative.split("/")):
+            out.append(path)
+    return sorted(out)
+
+
+def child_names(fs: fsspec.AbstractFileSystem, path: str) -> set[str]:
+    return {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
+
+
+def child(folder: str, name: str) -> str:
+    return folder.rstrip("/") + "/" + name
+
+
+def caption_sibling(path: str) -> str:
+    """clip.mp4 -> clip.txt, the caption file beside a media file."""
+    return posixpath.splitext(path)[0] + ".txt"
+
+
+def parent_url(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[0]
+
+
+def first(candidates: tuple[str, ...], present: Any) -> str | None:
+    """The first of `candidates` that is in `present`, None when none is."""
+    return next((c for c in candidates if c in present), None)
