@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from latentforge.captioner_models import (
-    QWEN_VL_CHAT_TEMPLATE,
     captioner_root,
     detect_family,
     family_from_name,
@@ -19,6 +18,7 @@ from latentforge.captioner_models import (
     quantization_config,
 )
 from latentforge.config import ConfigError, load_config
+from latentforge.formats.caption_manifest import manifest_bytes, manifest_rows
 from latentforge.formats.manifests import read_manifest
 from latentforge.operators.captioning import (
     CaptionOptions,
@@ -31,8 +31,8 @@ from latentforge.operators.captioning import (
     sample_frame_indices,
 )
 from latentforge.operators.probe import probe
-from latentforge.pipelines.caption import manifest_bytes, manifest_rows
 from latentforge.sample_media import make_image, make_video
+from latentforge.tiny.captioners import QWEN_VL_CHAT_TEMPLATE
 
 TINY = "tiny-qwen2.5-vl"
 
@@ -280,26 +280,27 @@ def test_quantization_needs_cuda_and_bitsandbytes(monkeypatch):
 
 
 def test_tiny_captioners_share_the_model_twins_atomic_build(tmp_path, monkeypatch):
-    """Tiny captioners are built by latentforge.models.build_folder_once: under the same lock as
+    """Tiny captioners are built by latentforge.tiny.once.build_folder_once: under the same lock as
     the VAE / text twins (torch's RNG is process-global), in a temp folder renamed into place; a
     lost race uses the winner's folder, and a twin of another recipe version is rebuilt."""
     import json
     import os
     import threading
 
-    from latentforge import captioner_models, models
+    from latentforge import captioner_models
+    from latentforge.tiny import once
 
     monkeypatch.setenv("LATENTFORGE_HOME", str(tmp_path))
     final = Path(captioner_models.tiny_captioner_dir(TINY))
     builds = []
 
     def fake_build(name, dest):
-        assert models._BUILD_LOCK.locked()  # no model twin draws from torch's RNG meanwhile
+        assert once.BUILD_LOCK.locked()  # no model twin draws from torch's RNG meanwhile
         assert Path(dest).parent == final.parent and Path(dest).name.startswith(f".{TINY}.tmp-")
         builds.append(name)
-        (Path(dest) / captioner_models._MARKER).write_text(json.dumps({"recipe_version": captioner_models.TINY_CAPTIONER_RECIPE_VERSION}))
+        (Path(dest) / captioner_models.TINY_CAPTIONER_MARKER).write_text(json.dumps({"recipe_version": captioner_models.TINY_CAPTIONER_RECIPE_VERSION}))
 
-    monkeypatch.setattr(captioner_models, "_build_tiny_captioner", fake_build)
+    monkeypatch.setattr(captioner_models, "build_tiny_captioner", fake_build)
     roots = []
     threads = [threading.Thread(target=lambda: roots.append(captioner_root(TINY))) for _ in range(3)]
     for t in threads:
@@ -310,24 +311,24 @@ def test_tiny_captioners_share_the_model_twins_atomic_build(tmp_path, monkeypatc
     assert [p.name for p in final.parent.iterdir()] == [TINY]
 
     # another recipe version: rebuilt in place, the old folder gone
-    (final / captioner_models._MARKER).write_text(json.dumps({"recipe_version": -1}))
+    (final / captioner_models.TINY_CAPTIONER_MARKER).write_text(json.dumps({"recipe_version": -1}))
     (final / "leftover.txt").write_text("old")
     assert captioner_root(TINY) == str(final) and builds == [TINY, TINY]
     assert not (final / "leftover.txt").exists() and [p.name for p in final.parent.iterdir()] == [TINY]
 
     # another process installs the folder between our build and our rename: ours is dropped
-    (final / captioner_models._MARKER).write_text(json.dumps({"recipe_version": -1}))
+    (final / captioner_models.TINY_CAPTIONER_MARKER).write_text(json.dumps({"recipe_version": -1}))
 
     def build_and_lose(name, dest):
         fake_build(name, dest)
         other = tmp_path / "other"
         other.mkdir()
-        (other / captioner_models._MARKER).write_text(json.dumps({"recipe_version": captioner_models.TINY_CAPTIONER_RECIPE_VERSION}))
+        (other / captioner_models.TINY_CAPTIONER_MARKER).write_text(json.dumps({"recipe_version": captioner_models.TINY_CAPTIONER_RECIPE_VERSION}))
         (other / "winner.txt").write_text("theirs")
         os.rename(final, tmp_path / "gone")
         os.rename(other, final)
 
-    monkeypatch.setattr(captioner_models, "_build_tiny_captioner", build_and_lose)
+    monkeypatch.setattr(captioner_models, "build_tiny_captioner", build_and_lose)
     assert captioner_root(TINY) == str(final) and (final / "winner.txt").exists()
     assert [p.name for p in final.parent.iterdir()] == [TINY]  # our temp folder is gone
 

@@ -148,7 +148,7 @@ def _state_digest(root: Path) -> dict[str, str]:
     """sha256 of every weight and tokenizer file of a twin."""
     out = {}
     for f in sorted(root.rglob("*")):
-        if f.suffix in (".safetensors", ".json") and f.name != models._TINY_MARKER:
+        if f.suffix in (".safetensors", ".json") and f.name != models.TINY_MARKER:
             out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
@@ -171,9 +171,9 @@ def test_tiny_build_is_deterministic(tiny_home, tmp_path, monkeypatch):
 
 _TOKENIZER_DIGESTS = """
 import hashlib
-from latentforge import models as m
-for build in (lambda: m._tiny_t5_tokenizer(512), lambda: m._tiny_gemma_tokenizer(1024),
-              lambda: m._tiny_llama_tokenizer(512), m._tiny_clip_tokenizer):
+from latentforge.tiny import text_tokenizers as t
+for build in (lambda: t.t5_tokenizer(512), lambda: t.gemma_tokenizer(1024),
+              lambda: t.llama_tokenizer(512), t.clip_tokenizer):
     print(hashlib.sha256(build().backend_tokenizer.to_str().encode()).hexdigest())
 """
 
@@ -237,7 +237,7 @@ def test_losing_the_build_race_uses_the_winners_folder(tmp_path, monkeypatch):
 def test_stale_twin_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTFORGE_HOME", str(tmp_path))
     root = Path(model_root("tiny-wan2.1"))
-    marker = root / models._TINY_MARKER
+    marker = root / models.TINY_MARKER
     marker.write_text(json.dumps({"recipe_version": -1}))
     (root / "leftover.txt").write_text("old")
     assert Path(model_root("tiny-wan2.1")) == root
