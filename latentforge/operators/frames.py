@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from latentforge.buckets import Bucket, available_frames, choose_bucket, cover_resize, frame_indices, frame_step
-from latentforge.operators.base import Resources, error_row, has_value, is_error, stable_hash
+from latentforge.operators.base import Resources
+from latentforge.operators.frame_clock import iter_indexed_frames
+from latentforge.rows import error_row, has_value, is_error, stable_hash
 from latentforge.operators.probe import open_media
 
 RESOURCES = Resources(num_cpus=1)
@@ -105,44 +107,29 @@ def decode_video_frames(
 ) -> np.ndarray:
     """Decode the given source frame indices, resized to cover `bucket` and center-cropped.
 
-    Frame index = position in decode order from the file start; after a seek it is recovered
-    from the presentation time, so a span deep in a long file costs one GOP, not the prefix.
+    Frames are numbered by the frame clock (`iter_indexed_frames`: a seek to the span, then
+    presentation times), so a span deep in a long file costs one GOP, not the prefix, and
+    detection's frames are these frames.
     """
-    wanted = sorted(set(indices))
-    last = wanted[-1]
+    wanted = set(indices)
+    last = max(wanted)
     out: dict[int, np.ndarray] = {}
     to_bucket = BucketFramer(bucket, rotation, resize_filter)
+    counts: dict[str, int] = {}
+    shown, current = None, None
     with av.open(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        fps = float(stream.average_rate or stream.guessed_rate)
-        time_base = float(stream.time_base)
-        origin = stream.start_time or 0
-        seek_used = start_frame > 0
-        if seek_used:
-            target = origin + int((start_frame / fps) / time_base)
-            container.seek(max(origin, target), stream=stream, backward=True)
-        counter = -1
-        previous_index = -1
-        for frame in container.decode(stream):
-            counter += 1
-            if seek_used and frame.pts is not None:
-                index = int(round((frame.pts - origin) * time_base * fps))
-            else:
-                index = counter
-            if index <= previous_index:  # a repeated timestamp (variable frame rate) adds nothing
-                continue
-            needed = [i for i in wanted if previous_index < i <= index]
-            previous_index = index
-            if needed:
-                current = to_bucket(frame)
-                for i in needed:  # an index a variable frame rate skipped takes the next frame shown
-                    out[i] = current
+        for index, frame in iter_indexed_frames(container, stream, min(start_frame, min(wanted)), counts):
+            if index in wanted:
+                if frame is not shown:  # a slot a variable rate skipped reuses the next frame's image
+                    shown, current = frame, to_bucket(frame)
+                out[index] = current
             if index >= last:
                 break
     if stats is not None:
-        stats["decoded"] = counter + 1
-    missing = [i for i in wanted if i not in out]
+        stats["decoded"] = counts.get("decoded", 0)
+    missing = sorted(wanted.difference(out))
     if missing:
         raise ValueError(
             f"decoded {len(out)} of {len(wanted)} needed frames; the file ends before frame {missing[0]} "

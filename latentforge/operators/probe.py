@@ -14,7 +14,9 @@ from typing import Any, Iterator
 import av
 from PIL import Image, ImageOps
 
-from latentforge.operators.base import Resources, error_row, is_error
+from latentforge.operators.base import Resources
+from latentforge.operators.frame_clock import stream_rate
+from latentforge.rows import error_row, is_error
 from latentforge.storage import get_fs, is_local, open_input
 
 RESOURCES = Resources(num_cpus=1)
@@ -46,10 +48,7 @@ def probe_video(source: Any) -> dict[str, Any]:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if not rate:
-            raise ValueError("no frame rate in the container")
-        fps = float(rate)
+        fps = float(stream_rate(stream))  # the frame clock's rate: a row's fps numbers its frames
         frames = int(stream.frames or 0)
         if frames <= 0:  # some containers (webm, mkv) do not store a count: estimate from duration
             if stream.duration is not None:

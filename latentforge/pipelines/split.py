@@ -37,6 +37,7 @@ from latentforge.formats.shards import ERRORS, _rows, sum_write_returns, write_e
 from latentforge.operators import probe as probe_op
 from latentforge.operators import scenes
 from latentforge.operators.base import error_kind, is_error
+from latentforge.rows import plain
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
 log = logging.getLogger("latentforge")
@@ -69,7 +70,7 @@ def _part_url(output: str, key: str) -> str:
 
 
 def _dumps(record: Any) -> str:
-    return json.dumps(record, ensure_ascii=False, default=scenes.plain)
+    return json.dumps(record, ensure_ascii=False, default=plain)
 
 
 def split_rows(
