@@ -120,7 +120,7 @@ def run_pipeline(args) -> dict:
     import ray
 
     from latentforge.config import load_config
-    from latentforge.pipelines.precompute import run
+    from latentforge.pipelines import run
 
     cfg = load_config(None, list(args.set), input=args.manifest, output=args.out, model=args.model, buckets=args.buckets)
     cpu = TreeCPU()

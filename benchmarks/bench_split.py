@@ -239,7 +239,7 @@ def whole_pipeline(paths: list[Path], workdir: Path, repeats: int) -> None:
     import ray
 
     from latentforge.config import load_config
-    from latentforge.pipelines import split
+    from latentforge import pipelines
 
     manifest = workdir / "bench_split.jsonl"
     manifest.write_text("".join(json.dumps({"media_path": str(p), "caption": None}) + "\n" for p in paths))
@@ -252,7 +252,7 @@ def whole_pipeline(paths: list[Path], workdir: Path, repeats: int) -> None:
         shutil.rmtree(out, ignore_errors=True)
         cfg = load_config(None, [], input=str(manifest), output=str(out), pipeline="split")
         t0 = time.perf_counter()
-        summary = split.run(cfg)
+        summary = pipelines.run(cfg)
         lf.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for p in paths:

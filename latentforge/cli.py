@@ -106,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray:     {cfg.ray.address or os.environ.get('RAY_ADDRESS') or 'embedded local Ray'}")
         print("stages:")
         width = max(len(s.name) for s in stages)
+        runs_width = max(len(s.runs_as) for s in stages)
         for i, s in enumerate(stages, 1):
-            print(f"  {i}. {s.name:<{width}}  {s.runs_as:<10}  {s.resources}")
-            print(f"     {'':<{width}}  {s.detail}")
+            print(f"  {i:>2}. {s.name:<{width}}  {s.runs_as:<{runs_width}}  {s.resources}")
+            print(f"      {'':<{width}}  {s.detail}")
         return 0
 
     try:

@@ -20,7 +20,8 @@ from latentforge.config import load_config
 from latentforge.formats.manifests import read_manifest
 from latentforge.formats.shards import read_table
 from latentforge.operators.caption_api import ChatClient, OpenAICaptioner, Secret, retry_after_seconds
-from latentforge.operators.captioning import CaptionError, CaptionOptions, caption_prompt
+from latentforge.operators.captioner import CaptionError
+from latentforge.operators.captioning import CaptionOptions, caption_prompt
 from latentforge.sample_media import make_image, make_video
 
 KEY = "sk-test-9f8e7d6c5b4a-SECRET"
@@ -166,7 +167,7 @@ def test_send_video_posts_one_mp4(tmp_path):
 
 @pytest.mark.ray
 def test_caption_pipeline_through_the_api(tmp_path, ray_local, monkeypatch):
-    from latentforge.pipelines.caption import run
+    from latentforge.pipelines import run
 
     media = tmp_path / "media"
     make_video(media / "long.mp4", 96, 64, 36, 24)  # 1.5 s -> 3 frames at 2 fps

@@ -38,7 +38,7 @@ def _dataset(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory, ray_local):
-    from latentforge.pipelines.caption import run
+    from latentforge.pipelines import run
 
     folder = tmp_path_factory.mktemp("caption")
     manifest = _dataset(folder)
@@ -84,7 +84,8 @@ def test_caption_pipeline_writes_a_reviewable_manifest(captioned):
 
 
 def test_rerun_skips_what_was_captioned_and_a_stopped_job_resumes(captioned):
-    from latentforge.pipelines.caption import PARTS, run
+    from latentforge.pipelines import run
+    from latentforge.pipelines.caption import PARTS
 
     cfg, folder, first = captioned
     before = (folder / "captions.jsonl").read_text()
@@ -145,7 +146,7 @@ def test_manifest_feeds_precompute_unchanged(captioned, tmp_path):
 
 def test_chronoedit_pairs_captioned_with_the_edit_task(tmp_path, ray_local):
     from latentforge.formats.chronoedit import make_chronoedit_dataset
-    from latentforge.pipelines.caption import run
+    from latentforge.pipelines import run
 
     pairs = []
     for i in range(3):
@@ -180,7 +181,7 @@ def test_chronoedit_pairs_captioned_with_the_edit_task(tmp_path, ray_local):
 
 def test_audio_aware_captioner_in_the_pipeline(tmp_path, ray_local):
     """Qwen2.5-Omni (tiny twin): the clip's audio travels with its frames through Ray."""
-    from latentforge.pipelines.caption import plan, run
+    from latentforge.pipelines import plan, run
 
     media = tmp_path / "media"
     make_video(media / "loud.mp4", 96, 64, 36, 24, audio=True)

@@ -22,7 +22,6 @@ from latentforge.formats.caption_manifest import manifest_bytes, manifest_rows
 from latentforge.formats.manifests import read_manifest
 from latentforge.operators.captioning import (
     CaptionOptions,
-    TransformersCaptioner,
     caption_prompt,
     clean_output,
     fit_pixels,
@@ -30,6 +29,7 @@ from latentforge.operators.captioning import (
     prepare_caption_input,
     sample_frame_indices,
 )
+from latentforge.operators.captioner import TransformersCaptioner
 from latentforge.operators.probe import probe
 from latentforge.sample_media import make_image, make_video
 from latentforge.tiny.captioners import QWEN_VL_CHAT_TEMPLATE

@@ -134,13 +134,13 @@ def test_bad_set_values_are_config_errors(tmp_path, capsys, item, expected):
 
 def _no_ray(monkeypatch):
     import latentforge.cluster
-    import latentforge.pipelines.precompute
+    import latentforge.pipelines.runtime
 
     def connect(*args, **kwargs):
         raise AssertionError("Ray was started for a config that cannot run")
 
     monkeypatch.setattr(latentforge.cluster, "connect", connect)
-    monkeypatch.setattr(latentforge.pipelines.precompute, "connect", connect)
+    monkeypatch.setattr(latentforge.pipelines.runtime, "connect", connect)
 
 
 @pytest.mark.parametrize("pipeline", ["all", "caption", "precompute"])

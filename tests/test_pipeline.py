@@ -3,11 +3,13 @@ VAE's own output, each distinct caption is embedded once, and reruns neither dup
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
 import pytest
 import torch
 
@@ -19,7 +21,8 @@ from latentforge.operators.frames import assign_bucket, load_frames
 from latentforge.operators.probe import probe
 from latentforge.operators.text import encode_captions
 from latentforge.operators.vae import frames_to_input
-from latentforge.pipelines.precompute import model_pool_args, run, video_dataset
+from latentforge.pipelines import precompute, run, runtime
+from latentforge.pipelines.stages import Job, active
 from latentforge.sample_media import make_image, make_video
 
 pytestmark = pytest.mark.ray
@@ -164,20 +167,24 @@ def _explain(ds) -> str:
 
 @pytest.mark.parametrize("use_gpus", [False, True])
 def test_prepare_runs_in_its_own_tasks_not_in_the_vae_actor(ray_local, tmp_path, use_gpus):
-    """`_prepare` stays in its own 1-CPU tasks: on a CPU-only run the VAE actor (1 CPU too) spells
+    """`prepare` stays in its own 1-CPU tasks: on a CPU-only run the VAE actor (1 CPU too) spells
     out Ray Data's SPREAD strategy so that the two are not fused; GPU runs keep num_gpus from the
     config and 1 CPU per actor."""
     cfg = load_config(None, [], input=str(tmp_path / "x.jsonl"), output=str(tmp_path / "out"), model="tiny-wan2.1", buckets=BUCKETS)
-    ds = video_dataset(cfg, [{"media_path": "a.mp4", "uri": str(tmp_path / "a.mp4")}], frozenset(), use_gpus)
+    job = Job(cfg, use_gpus)
+    video_pass = runtime.passes(active(precompute.STAGES, cfg))[0]
+    ds = runtime.dataset(video_pass, job, [{"media_path": "a.mp4", "uri": str(tmp_path / "a.mp4")}])
     physical = _explain(ds)
-    assert "Map(_prepare)->MapBatches(VideoEncodeStage)" not in physical
+    assert "Map(prepare)->MapBatches(VideoEncodeStage)" not in physical
     assert "ActorPoolMapOperator[MapBatches(VideoEncodeStage)]" in physical
-    args, kwargs = model_pool_args(cfg.encode_video, use_gpus, 1.0)
+    encode_video = next(s for s in video_pass if s.name == "encode_video")
+    args = runtime.ray_args(encode_video, job)
     if use_gpus:
-        assert (args["num_gpus"], args["num_cpus"], kwargs) == (cfg.encode_video.num_gpus, 1.0, {})
+        assert (args["num_gpus"], args["num_cpus"]) == (cfg.encode_video.num_gpus, 1.0)
+        assert "scheduling_strategy" not in args
     else:
         assert args == {"num_gpus": 0, "num_cpus": 1.0, "scheduling_strategy": "SPREAD"}
-        assert kwargs == {"cpu_actors_per_node": 1}
+        assert runtime.cpu_actors_per_node(cfg.encode_video.max_actors) == 1
 
 
 def test_cpu_model_actors_compute_on_every_cpu_of_the_node(ray_local):
@@ -200,16 +207,12 @@ def test_cpu_model_actors_compute_on_every_cpu_of_the_node(ray_local):
             return {**batch, "text_threads": np.full(len(batch["x"]), torch.get_num_threads())}
 
     cfg = load_config(None, [], input="x.jsonl", output="out", model="tiny-wan2.1", buckets=BUCKETS)
+    job = Job(cfg, use_gpus=False)
+    stages = {s.name: s for s in precompute.STAGES}
     ds = ray.data.from_items([{"x": 1}])
-    for stage, pool in ((VideoThreads, cfg.encode_video), (TextThreads, cfg.encode_text)):
-        args, kwargs = model_pool_args(pool, False, 1.0)
-        ds = ds.map_batches(
-            stage,
-            fn_constructor_kwargs={"model": cfg.model, **kwargs},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
-            **args,
-        )
+    for name, actor in (("encode_video", VideoThreads), ("encode_text", TextThreads)):
+        stage = dataclasses.replace(stages[name], op=actor, args=lambda job: {"model": job.cfg.model}, batch_size=lambda job: 1)
+        ds = runtime.apply(stage, ds, job)
     [row] = ds.take_all()
     node_cpus = min(len(os.sched_getaffinity(0)), int(ray.cluster_resources()["CPU"]))
     assert row["video_threads"] == row["text_threads"] == node_cpus

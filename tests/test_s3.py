@@ -7,7 +7,7 @@ import pytest
 
 from latentforge.config import load_config
 from latentforge.formats.shards import read_table
-from latentforge.pipelines.precompute import run
+from latentforge.pipelines import run
 from latentforge.sample_media import make_image, make_video
 
 pytestmark = pytest.mark.ray

@@ -1,4 +1,5 @@
-"""Output shards (DESIGN.md, Outputs): latents by bucket, embeddings by encoder, error rows.
+"""Output shards (DESIGN.md, Outputs): latents by bucket, embeddings by encoder, error rows,
+as plain Parquet files; the Ray sinks that write them are in pipelines/sinks.py.
 
 A shard's name is a hash of the ids it holds and it is written whole or not at all, so a
 retried Ray task rewrites the same file and a rerun that skips finished ids adds no duplicate.
@@ -7,19 +8,13 @@ retried Ray task rewrites the same file and a rerun that skips finished ids adds
 from __future__ import annotations
 
 import json
-import math
-import time
-from collections import Counter, defaultdict
 from typing import Any, Iterable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from ray.data import Datasink
-from ray.data.datasource.datasink import WriteResult
 
-from latentforge.operators.base import error_kind, is_error, stable_hash
+from latentforge.rows import plain, stable_hash
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
 LATENTS = "latents"
@@ -64,24 +59,13 @@ for _name in ("latent", "logvar", "embedding", "pooled_embedding"):
 TRANSIENT = ("frames",)
 
 
-def _plain(value: Any, typ: pa.DataType | None) -> Any:
-    """Undo what a trip through pandas/numpy batches does to missing and array values."""
-    if isinstance(value, float) and math.isnan(value) and not (typ is not None and pa.types.is_floating(typ)):
-        return None
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def to_table(rows: list[dict[str, Any]], drop: Iterable[str] = ()) -> pa.Table:
     drop = set(drop) | set(TRANSIENT)
     names = [k for k in rows[0] if k not in drop and not k.startswith("_")]
     arrays, fields = [], []
     for name in names:
         typ = COLUMN_TYPES.get(name)
-        values = [_plain(r.get(name), typ) for r in rows]
+        values = [plain(r.get(name), keep_nan=typ is not None and pa.types.is_floating(typ)) for r in rows]
         arr = pa.array(values, type=typ) if typ is not None else pa.array(values)
         if pa.types.is_null(arr.type):
             arr = arr.cast(pa.string())
@@ -104,85 +88,6 @@ def shard_name(ids: Iterable[str]) -> str:
     return f"part-{stable_hash(*sorted(ids), length=20)}.parquet"
 
 
-def _rows(blocks: Iterable[Any]) -> Iterable[dict[str, Any]]:
-    """Rows of Ray blocks (Arrow or pandas) with NaN-for-missing turned back into None."""
-    for block in blocks:
-        records = block.to_pylist() if isinstance(block, pa.Table) else block.to_dict("records")
-        for row in records:
-            yield {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-
-
-class ShardDatasink(Datasink):
-    """Routes each row to its table and partition and writes one shard per partition per task.
-
-    `key` names the id column a shard name is derived from; rows whose `_done` flag is set were
-    already in the output and are only counted.
-    """
-
-    def __init__(
-        self,
-        output: str,
-        table: str,
-        key: str,
-        partition: str | None = None,
-        storage_options: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ):
-        self.output = output
-        self.table = table
-        self.key = key
-        self.partition = partition
-        self.storage_options = storage_options or {}
-        self.metadata = metadata or {}
-        self.result: dict[str, Any] = {}
-
-    def get_name(self) -> str:
-        return f"latentforge[{self.table}]"
-
-    def _write(self, relative: str, rows: list[dict[str, Any]], ids: list[str], drop: Iterable[str] = ()) -> None:
-        fs, _ = get_fs(self.output, self.storage_options)
-        url = join(self.output, relative, shard_name(ids))
-        _, path = get_fs(url, self.storage_options)
-        write_bytes_atomic(fs, path, table_bytes(to_table(rows, drop), self.metadata))
-
-    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        errors: list[dict[str, Any]] = []
-        counts: Counter[str] = Counter()
-        error_kinds: Counter[str] = Counter()
-        seconds: Counter[str] = Counter()
-        decoded: Counter[str] = Counter()
-        for row in _rows(blocks):
-            for k, v in row.items():
-                if k.startswith("_seconds_") and v:
-                    seconds[k[len("_seconds_") :]] += float(v)
-                elif k.startswith("_decoded_frames_") and v:
-                    decoded[k[len("_decoded_frames_") :]] += int(v)
-                elif k.startswith("_source_frames_") and v:
-                    counts["source_frames"] += int(v)
-            if is_error(row):
-                errors.append(row)
-                error_kinds[error_kind(row)] += 1
-            elif row.get("_done"):
-                counts["skipped_existing"] += 1
-            else:
-                part = f"{self.partition}={row[self.partition]}" if self.partition else ""
-                groups[part].append(row)
-                counts["written"] += 1
-        for part, rows in groups.items():
-            relative = join(self.table, part) if part else self.table
-            # the partition value lives in the path (hive style), as pandas/pyarrow/DuckDB expect
-            drop = ("error", "error_stage") + ((self.partition,) if self.partition else ())
-            self._write(relative, rows, [r[self.key] for r in rows], drop=drop)
-        write_error_shard(self.output, errors, self.storage_options)
-        seconds[f"write_{self.table}"] += time.perf_counter() - t0
-        return {"counts": dict(counts), "errors": dict(error_kinds), "seconds": dict(seconds), "decoded_frames": dict(decoded)}
-
-    def on_write_complete(self, write_result: WriteResult) -> None:
-        self.result = sum_write_returns(write_result.write_returns, ("counts", "errors", "seconds", "decoded_frames"))
-
-
 def write_error_shard(output: str, errors: list[dict[str, Any]], storage_options: dict[str, Any] | None = None) -> None:
     """One shard of failed rows under output/errors/, named by the rows it holds; tensors dropped."""
     if not errors:
@@ -191,15 +96,6 @@ def write_error_shard(output: str, errors: list[dict[str, Any]], storage_options
     drop = [k for k in errors[0] if k.endswith(("_bytes", "_shape", "_dtype"))]
     fs, path = get_fs(join(output, ERRORS, shard_name(ids)), storage_options)
     write_bytes_atomic(fs, path, table_bytes(to_table(errors, drop)))
-
-
-def sum_write_returns(write_returns: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Add up the per-task counters a sink's `write` returned (counts, errors, seconds, ...)."""
-    totals: dict[str, Counter] = {key: Counter() for key in keys}
-    for r in write_returns:
-        for key, total in totals.items():
-            total.update(r[key])
-    return {key: dict(total) for key, total in totals.items()}
 
 
 def write_run_summary(output: str, summary: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:

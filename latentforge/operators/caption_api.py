@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from latentforge.operators.base import Resources
-from latentforge.operators.captioning import CaptionActorBase, CaptionError, CaptionOptions, caption_prompt
+from latentforge.operators.captioner import CaptionActorBase, CaptionError
+from latentforge.operators.captioning import CaptionOptions, caption_prompt
 
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 MAX_BACKOFF_S = 60.0
@@ -191,9 +192,9 @@ class ChatClient:
 
 class OpenAICaptioner(CaptionActorBase):
     """Ray Data map_batches actor for an OpenAI-compatible endpoint: no model, no GPU; a thread
-    pool of `concurrency` requests per actor."""
+    pool of `concurrency` requests per actor, waiting on the network, so it reserves no CPU."""
 
-    resources = Resources(num_cpus=1, num_gpus=0)
+    resources = Resources(num_cpus=0, num_gpus=0)
 
     def __init__(
         self,

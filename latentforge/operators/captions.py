@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
+
+from latentforge.operators.base import Resources
+from latentforge.rows import has_value, is_error
+
+RESOURCES = Resources(num_cpus=0.25)  # a few string operations per row
 
 # Openers VLMs put before the content; they cost tokens and teach the model nothing.
 _OPENER = re.compile(
@@ -44,3 +50,17 @@ def final_caption(text: str | None, trigger_word: str | None = None, strip_opene
 def caption_id(text: str) -> str:
     """Hash of the final caption text: one embedding per distinct caption."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def finalize_caption(row: dict[str, Any], trigger_word: str | None = None, strip_openers: bool = True) -> dict[str, Any]:
+    """Row stage after any captioning: `caption` becomes the text that will be encoded, with its
+    `caption_id`. A row that failed earlier keeps its caption as it was when it failed."""
+    out = dict(row)
+    text = row.get("caption")
+    if has_value(text) and not is_error(row):
+        text = final_caption(text, trigger_word, strip_openers) or None
+    else:
+        text = text if has_value(text) else None
+    out["caption"] = text
+    out["caption_id"] = caption_id(text) if text else None
+    return out

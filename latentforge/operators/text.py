@@ -32,7 +32,8 @@ import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, default_dtype, set_cpu_threads
-from latentforge.operators.base import Resources, has_value, object_column
+from latentforge.operators.base import Resources
+from latentforge.rows import has_value, object_column
 
 STAGE = "encode_text"
 

@@ -1,48 +1,56 @@
-"""Named pipelines. `run` and `plan` pick the one a config names.
+"""Named pipelines, each a plain list of stages (docs/architecture.md). `run` executes the list
+the config names and `plan` prints the same list, so they cannot drift apart.
 
-precompute: manifest -> probe -> prepare -> encode_video -> encode_text -> shards.
-caption: manifest -> probe -> caption -> a reviewable caption manifest (pipelines/caption.py).
-split: manifest -> probe -> split_scenes -> clips.jsonl (+ clip files) (pipelines/split.py).
+split:      source -> probe -> split_scenes -> write_clips (clips.jsonl)
+caption:    source -> probe -> [split_scenes] -> caption stages -> write_captions (captions.jsonl)
+precompute: source -> probe -> [split_scenes] -> bucket -> [caption stages] -> finalize_caption
+            -> prepare -> encode_video -> write_latents; source (distinct captions) ->
+            encode_text -> write_embeddings
+all:        precompute with split_scenes and the caption stages switched on: the split, caption
+            and precompute lists in one job.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from latentforge.config import PipelineConfig
+from latentforge.pipelines import caption, precompute, runtime, split
+from latentforge.pipelines.caption import enabled as caption_enabled
+from latentforge.pipelines.caption_settings import preflight as caption_preflight
+from latentforge.pipelines.runtime import StagePlan
+from latentforge.pipelines.stages import Job, Stage
 
 
-def plan(cfg: Any, use_gpus: bool | None = None) -> list:
-    if cfg.pipeline == "caption":
-        from latentforge.pipelines import caption
-
-        return caption.plan(cfg, use_gpus)
-    if cfg.pipeline == "split":
-        from latentforge.pipelines import split
-
-        return split.plan(cfg, use_gpus)
-    from latentforge.pipelines import precompute
-
-    return precompute.plan(cfg, use_gpus)
+@dataclass(frozen=True)
+class Pipeline:
+    stages: list[Stage]
+    summarize: Callable[[Job], tuple[dict[str, Any], tuple[str, ...]]]
 
 
-def preflight(cfg: Any) -> None:
+PIPELINES: dict[str, Pipeline] = {
+    "split": Pipeline(split.PIPELINE, split.summarize),
+    "caption": Pipeline(caption.PIPELINE, caption.summarize),
+    "precompute": Pipeline(precompute.STAGES, precompute.summarize),
+    "all": Pipeline(precompute.STAGES, precompute.summarize),
+}
+
+
+def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
+    """The stages this config runs, with buckets, models and resources, without running them."""
+    return runtime.plan(PIPELINES[cfg.pipeline].stages, Job(cfg, bool(use_gpus)))
+
+
+def preflight(cfg: PipelineConfig) -> None:
     """Checks that need neither Ray nor data, made before Ray starts, so that a config that
     cannot run fails in a second with a ConfigError instead of after the cluster spins up."""
-    if cfg.pipeline in ("caption", "all") or cfg.caption.enabled:
-        from latentforge.pipelines import caption
-
-        caption.preflight(cfg)
+    if caption_enabled(cfg):
+        caption_preflight(cfg)
 
 
-def run(cfg: Any) -> dict[str, Any]:
+def run(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the pipeline the config names; returns the summary also written to run.json."""
     preflight(cfg)
-    if cfg.pipeline == "caption":
-        from latentforge.pipelines import caption
-
-        return caption.run(cfg)
-    if cfg.pipeline == "split":
-        from latentforge.pipelines import split
-
-        return split.run(cfg)
-    from latentforge.pipelines import precompute
-
-    return precompute.run(cfg)
+    pipeline = PIPELINES[cfg.pipeline]
+    return runtime.run(pipeline.stages, cfg, pipeline.summarize)

@@ -1,8 +1,8 @@
 """split: manifest -> probe -> split_scenes -> <output>/clips.jsonl (+ clip files), errors/, run.json.
 
-Also the `split` stage of other pipelines: `add_stage(ds, cfg)` puts split_scenes between probe
-and prepare in `latentforge run` (`split.enabled: true` or `pipeline: all`), so one streaming job
-goes split -> prepare -> encode.
+Also the `split_scenes` stage of other pipelines (`STAGES`): between probe and bucketing in
+`latentforge run` (`split.enabled: true` or `pipeline: all`), so one streaming job goes split ->
+prepare -> encode.
 
 Each source's clip list is written to `<output>/clips/_parts/<key>.jsonl` once the source is
 done (key: a hash of the source, its span and every option that changes clips). A rerun skips
@@ -20,24 +20,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections import Counter
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import ray
-from ray.data import Datasink
-from ray.data.datasource.datasink import WriteResult
 
-from latentforge import __version__
-from latentforge.cluster import connect
 from latentforge.config import ConfigError, PipelineConfig
-from latentforge.formats.manifests import read_manifest
-from latentforge.formats.shards import ERRORS, _rows, sum_write_returns, write_error_shard, write_run_summary
-from latentforge.operators import probe as probe_op
+from latentforge.formats.shards import ERRORS
 from latentforge.operators import scenes
-from latentforge.operators.base import error_kind, is_error
-from latentforge.rows import plain
+from latentforge.pipelines.input import PROBE, read_input, source
+from latentforge.pipelines.runtime import decode_figures, seconds_of
+from latentforge.pipelines.sinks import RowSink
+from latentforge.pipelines.stages import Job, Stage, output_args
+from latentforge.rows import is_error, plain
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
 log = logging.getLogger("latentforge")
@@ -123,18 +118,18 @@ def frame_request(cfg: PipelineConfig) -> scenes.FrameRequest | None:
     )
 
 
-def add_stage(ds: Any, cfg: PipelineConfig) -> Any:
-    """split_scenes inside another pipeline: one row per clip from here on."""
-    return ds.flat_map(
-        split_rows,
-        fn_kwargs={
-            "opts": options(cfg),
-            "output": cfg.output,
-            "storage_options": cfg.storage_options,
-            "frame_request": frame_request(cfg),
-        },
-        num_cpus=scenes.RESOURCES.num_cpus,
-    )
+def enabled(cfg: PipelineConfig) -> bool:
+    """split_scenes runs in `pipeline: split` and `all`, and in others when `split.enabled`."""
+    return cfg.pipeline in ("split", "all") or cfg.split.enabled
+
+
+def _check_names(job: Job) -> None:
+    check_clip_names(job.state.get("input", ()), options(job.cfg))
+
+
+def _describe_stage(job: Job) -> str:
+    segment = f"; videos over {job.cfg.split.segment_seconds:g} s in parallel segments" if job.cfg.split.segment_seconds else ""
+    return _describe(job.cfg) + segment
 
 
 def _describe(cfg: PipelineConfig) -> str:
@@ -162,73 +157,36 @@ def _describe(cfg: PipelineConfig) -> str:
     return "; ".join(parts)
 
 
-def plan_stages(cfg: PipelineConfig) -> list[Any]:
-    from latentforge.pipelines.precompute import StagePlan
-
-    segment = f"; videos over {cfg.split.segment_seconds:g} s in parallel segments" if cfg.split.segment_seconds else ""
-    return [StagePlan("split_scenes", "flat_map", f"{scenes.RESOURCES.num_cpus:g} CPU/task{segment}", _describe(cfg))]
-
-
-def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[Any]:
-    """`pipeline: split`: the stages, without running them."""
-    from latentforge.pipelines.precompute import StagePlan
-
-    return [
-        StagePlan("source", "driver", "-", f"read {cfg.input} (format: {cfg.input_format})"),
-        StagePlan("probe", "map", f"{probe_op.RESOURCES.num_cpus:g} CPU/task", "container metadata via PyAV; unreadable media -> error rows"),
-        *plan_stages(cfg),
-        StagePlan("sink", "write", "-", f"{join(cfg.output, MANIFEST)}, {join(cfg.output, PARTS)}/ and {join(cfg.output, ERRORS)}/"),
-    ]
+STAGES = [
+    Stage(
+        "split_scenes",
+        "flat_map",
+        split_rows,
+        _describe_stage,
+        resources=scenes.RESOURCES,
+        enabled=enabled,
+        setup=_check_names,
+        args=lambda job: {
+            "opts": options(job.cfg),
+            "output": job.cfg.output,
+            "storage_options": job.cfg.storage_options,
+            "frame_request": frame_request(job.cfg),
+        },
+    )
+]
 
 
 # ---------------------------------------------------------------------------------------------
 # The `split` pipeline
 
 
-class SplitSink(Datasink):
-    """Counts clip rows and stage costs; writes error rows to errors/ (clips are in the parts)."""
+class ClipSink(RowSink):
+    """Counts clip rows (the clips themselves are in the parts) and writes error rows."""
 
-    def __init__(self, output: str, storage_options: dict[str, Any] | None = None):
-        self.output = output
-        self.storage_options = storage_options or {}
-        self.result: dict[str, Any] = {}
+    name = "clips"
 
-    def get_name(self) -> str:
-        return "latentforge[clips]"
-
-    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        counts: Counter[str] = Counter()
-        kinds: Counter[str] = Counter()
-        seconds: Counter[str] = Counter()
-        decoded: Counter[str] = Counter()
-        errors: list[dict[str, Any]] = []
-        for row in _rows(blocks):
-            for k, v in row.items():
-                if k.startswith("_seconds_") and v:
-                    seconds[k[len("_seconds_") :]] += float(v)
-                elif k.startswith("_decoded_frames_") and v:
-                    decoded[k[len("_decoded_frames_") :]] += int(v)
-                elif k == "_source_frames_split" and v:
-                    counts["source_frames"] += int(v)
-            if is_error(row):
-                errors.append(row)
-                kinds[error_kind(row)] += 1
-            elif row.get("media_type") == "image":
-                counts["images_written"] += 1
-            else:
-                counts["clips_written"] += 1
-        write_error_shard(self.output, errors, self.storage_options)
-        seconds["write_clips"] += time.perf_counter() - t0
-        return {"counts": dict(counts), "errors": dict(kinds), "seconds": dict(seconds), "decoded_frames": dict(decoded)}
-
-    def on_write_complete(self, write_result: WriteResult) -> None:
-        self.result = sum_write_returns(write_result.write_returns, ("counts", "errors", "seconds", "decoded_frames"))
-
-
-def check_input(rows: list[dict[str, Any]], cfg: PipelineConfig) -> None:
-    """Before the split stage runs inside another pipeline: the input's clip names are unique."""
-    check_clip_names(rows, options(cfg))
+    def take(self, row: dict[str, Any], counts: Counter) -> None:
+        counts["images_written" if row.get("media_type") == "image" else "clips_written"] += 1
 
 
 def check_clip_names(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
@@ -292,19 +250,13 @@ def _existing_parts(cfg: PipelineConfig) -> set[str]:
     return {os.path.basename(p)[: -len(".jsonl")] for p in fs.ls(root, detail=False) if p.endswith(".jsonl") and "/.tmp-" not in p}
 
 
-def run(cfg: PipelineConfig) -> dict[str, Any]:
-    """`pipeline: split`; returns the run summary also written to run.json."""
-    from latentforge.pipelines.precompute import configure_data_context, provenance
-
-    started = time.time()
-    started_at = datetime.now(timezone.utc).isoformat()
-    so = cfg.storage_options
+def read_sources(job: Job) -> list[dict[str, Any]]:
+    """`pipeline: split`'s source: the manifest's rows, less the sources whose part exists (a
+    rerun splits only what is missing); every source's part key is kept for clips.jsonl."""
+    cfg = job.cfg
     opts = options(cfg)
-    rows = read_manifest(cfg.input, cfg.input_format, so)
+    rows = read_input(job)
     check_clip_names(rows, opts)
-    connect(cfg.ray.address, cfg.ray.num_cpus)
-    configure_data_context(cfg)
-
     keys: list[str] = []
     todo: list[dict[str, Any]] = []
     existing = _existing_parts(cfg)
@@ -317,72 +269,54 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             keys.append(key)
         if key not in existing:
             todo.append(dict(row, _split_key=key))
-    skipped = len(rows) - len(todo)
-    fs, errors_path = get_fs(join(cfg.output, ERRORS), so)
-    if fs.exists(errors_path):
-        fs.rm(errors_path, recursive=True)
-    log.info("latentforge split: %d input rows, %d already split in %s", len(rows), skipped, cfg.output)
+    job.state["part_keys"] = keys
+    job.state["sources_skipped_existing"] = len(rows) - len(todo)
+    log.info("latentforge split: %d input rows, %d already split in %s", len(rows), len(rows) - len(todo), cfg.output)
+    return todo
 
-    sink = SplitSink(cfg.output, so)
-    t_split = time.perf_counter()
-    if todo:
-        ds = ray.data.from_items(todo)
-        ds = ds.map(probe_op.probe, fn_kwargs={"storage_options": so}, num_cpus=probe_op.RESOURCES.num_cpus)
-        ds = add_stage(ds, cfg)
-        ds.write_datasink(sink)
-    split_wall = time.perf_counter() - t_split
-    lines, listed = _assemble(cfg, keys)
 
-    result = sink.result or {}
+WRITE_CLIPS = Stage(
+    "write_clips",
+    "write",
+    ClipSink,
+    lambda job: f"{join(job.cfg.output, MANIFEST)}, {join(job.cfg.output, PARTS)}/ and {join(job.cfg.output, ERRORS)}/",
+    args=output_args,
+)
+
+PIPELINE = [source(read_sources, phase="split"), PROBE, *STAGES, WRITE_CLIPS]
+
+
+def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Assemble clips.jsonl from the parts, then run.json's fields."""
+    cfg = job.cfg
+    rows = job.state.get("input", [])
+    lines, listed = _assemble(cfg, job.state.get("part_keys", []))
+    result = job.results.get("write_clips", {})
     written = result.get("counts", {})
     decoded = dict(result.get("decoded_frames", {}))
-    source_frames = int(written.get("source_frames", 0))
+    errors = result.get("errors", {})
     counts = {
         "input_rows": len(rows),
         "videos": sum(1 for r in rows if not is_error(r) and r.get("media_type") == "video"),
         "images": sum(1 for r in rows if not is_error(r) and r.get("media_type") == "image"),
-        "sources_skipped_existing": skipped,
+        "sources_skipped_existing": job.state.get("sources_skipped_existing", 0),
         "clips_written": int(written.get("clips_written", 0)),
         "images_written": int(written.get("images_written", 0)),
         "clips": lines,
         "sources_in_manifest": listed,
-        "errors": sum(result.get("errors", {}).values()),
-        "errors_by_reason": result.get("errors", {}),
+        "errors": sum(errors.values()),
+        "errors_by_reason": errors,
     }
-    summary = {
-        "latentforge": __version__,
+    fields = {
         "pipeline": "split",
-        "started_at": started_at,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "wall_seconds": round(time.time() - started, 3),
-        "phase_wall_seconds": {"split": round(split_wall, 3)},
-        "stage_seconds": {k: round(v, 3) for k, v in sorted(result.get("seconds", {}).items())},
+        "stage_seconds": seconds_of(result),
         "decoded_frames": decoded,
-        "source_frames": source_frames,
-        "decoded_per_source_frame": round(sum(decoded.values()) / source_frames, 4) if source_frames else None,
+        **decode_figures(decoded, int(written.get("source_frames", 0))),
         "counts": counts,
         "outputs": {
             "manifest": join(cfg.output, MANIFEST),
             "clips": join(cfg.output, "clips") if cfg.split.mode != "virtual" else None,
             "errors": join(cfg.output, ERRORS),
         },
-        **provenance(cfg, _versions()),
     }
-    write_run_summary(cfg.output, summary, so)
-    return summary
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    import av
-    import scenedetect
-
-    return {
-        "latentforge": __version__,
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "av": av.__version__,
-        "scenedetect": scenedetect.__version__,
-    }
-
+    return fields, ("av", "scenedetect")

@@ -1,0 +1,290 @@
+"""The one runtime: a list of stages -> Ray Data, and the same list -> `plan`'s lines.
+
+`execute` connects to Ray, sets the data context, runs each pass (a `source` up to its
+`write`), keeps what the sinks counted in the job, and returns; the pipeline's own `summarize`
+turns that into run.json (`write_summary` adds what every run.json has). The Ray arguments of a
+stage come from `ray_args` alone: the op's declared `Resources` with the config's overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import ray
+
+from latentforge import __version__
+from latentforge.cluster import cluster_has_gpus, connect
+from latentforge.config import PipelineConfig
+from latentforge.formats.shards import ERRORS, write_run_summary
+from latentforge.pipelines.stages import Job, Stage, active
+from latentforge.storage import get_fs, join
+
+log = logging.getLogger("latentforge")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One line of `latentforge plan`: a stage as the runtime would run it."""
+
+    name: str
+    runs_as: str
+    resources: str
+    detail: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources
+
+
+def _override(stage: Stage, cfg: PipelineConfig, key: str) -> Any:
+    section = getattr(cfg, stage.config) if stage.config else None
+    return getattr(section, key, None)
+
+
+def ray_args(stage: Stage, job: Job) -> dict[str, Any]:
+    """What Ray gets for a stage: its declared resources, the config section's `num_cpus` /
+    `num_gpus` / `memory` where set (`num_gpus` only for ops that use GPUs), no GPUs on a run
+    without them. CPU-only actor pools are created with SPREAD spelled out: it is Ray Data's
+    default placement for them, and it keeps their remote args different from the 1-CPU map
+    before them, so Ray Data never fuses decoding into a model actor (docs/decisions.md)."""
+    declared = stage.resources
+    cpus = _override(stage, job.cfg, "num_cpus")
+    gpus = declared.num_gpus
+    if gpus and _override(stage, job.cfg, "num_gpus") is not None:
+        gpus = _override(stage, job.cfg, "num_gpus")
+    if not job.use_gpus:
+        gpus = 0
+    if cpus is None:
+        cpus = declared.num_cpus
+        if not job.use_gpus and declared.num_cpus_without_gpus is not None:
+            cpus = declared.num_cpus_without_gpus
+    memory = _override(stage, job.cfg, "memory") or declared.memory
+    args: dict[str, Any] = {"num_cpus": cpus}
+    if stage.kind == "actors":
+        args["num_gpus"] = gpus
+        if not job.use_gpus:
+            args["scheduling_strategy"] = "SPREAD"
+    elif gpus:
+        args["num_gpus"] = gpus
+    if memory:
+        args["memory"] = memory
+    return args
+
+
+def pool_size(stage: Stage, cfg: PipelineConfig) -> tuple[int, int]:
+    section = getattr(cfg, stage.config)
+    return section.min_actors, section.max_actors
+
+
+def batch_size(stage: Stage, job: Job) -> int | None:
+    if stage.batch_size is not None:
+        return stage.batch_size(job)
+    if stage.kind == "actors":
+        return getattr(job.cfg, stage.config).batch_size
+    return None
+
+
+def cpu_actors_per_node(max_actors: int) -> int:
+    """How many actors of one CPU-only model pool share a node: Ray Data spreads an actor pool
+    over the nodes, so ceil(max_actors / nodes with CPUs). Nodes that join later only make this
+    an overestimate (fewer threads, never oversubscription)."""
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+    return max(1, math.ceil(max_actors / max(1, nodes)))
+
+
+def describe_resources(stage: Stage, job: Job) -> str:
+    """`plan`'s resources column, made from `ray_args` so it says what Ray gets."""
+    if stage.kind in ("source", "write"):
+        return "-"
+    args = ray_args(stage, job)
+    if stage.kind != "actors":
+        gpus = f", {args['num_gpus']:g} GPU" if args.get("num_gpus") else ""
+        return f"{args['num_cpus']:g} CPU{gpus}/task"
+    low, high = pool_size(stage, job.cfg)
+    size = f"{low}..{high} actors" if low != high else f"{low} actor(s)"
+    each = f"{args['num_gpus']:g} GPU each" if job.use_gpus and args["num_gpus"] else f"{args['num_cpus']:g} CPU each (no GPU)"
+    return f"{size}, {each}, batch {batch_size(stage, job)}"
+
+
+def plan(stages: list[Stage], job: Job) -> list[StagePlan]:
+    """The stages this config runs, as `run` would run them, without running anything."""
+    return [StagePlan(s.name, s.ray_name, describe_resources(s, job), s.describe(job)) for s in active(stages, job.cfg)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def configure_data_context(cfg: PipelineConfig) -> None:
+    """Settings that matter when spot nodes come and go, set here rather than left to chance.
+
+    Ray Data already restarts a lost actor and retries its tasks without limit; on top of that
+    an actor whose model load fails (a flaky disk or download on a fresh node) is retried, and a
+    run that stops making progress (no GPU node ever arrives) fails after a bounded time.
+    """
+    ctx = ray.data.DataContext.get_current()
+    ctx.actor_init_retry_on_errors = True
+    ctx.actor_init_max_retries = cfg.ray.actor_init_retries
+    ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
+
+
+def start(cfg: PipelineConfig) -> Job:
+    """Connect (or start an embedded Ray), set the data context, decide GPUs, clear old errors."""
+    started = time.time()
+    connect(cfg.ray.address, cfg.ray.num_cpus)
+    configure_data_context(cfg)
+    use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else bool(cfg.ray.use_gpus)
+    clear_errors(cfg)
+    return Job(cfg, use_gpus, started=started)
+
+
+def clear_errors(cfg: PipelineConfig) -> None:
+    """Error rows describe the latest run: failed samples are retried, so old reports go."""
+    fs, path = get_fs(join(cfg.output, ERRORS), cfg.storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def passes(stages: list[Stage]) -> list[list[Stage]]:
+    """A stage list cut into passes, each from a `source` to its `write`."""
+    out: list[list[Stage]] = []
+    for stage in stages:
+        if stage.kind == "source" or not out:
+            out.append([])
+        out[-1].append(stage)
+    return out
+
+
+def apply(stage: Stage, ds: Any, job: Job) -> Any:
+    """One stage onto a Ray Dataset."""
+    if stage.kind == "write":
+        sink = stage.op(**stage.args(job))
+        ds.write_datasink(sink)
+        job.results[stage.name] = sink.result
+        return ds
+    kwargs = stage.args(job)
+    resources = ray_args(stage, job)
+    if stage.kind == "map":
+        return ds.map(stage.op, fn_kwargs=kwargs, **resources)
+    if stage.kind == "flat_map":
+        return ds.flat_map(stage.op, fn_kwargs=kwargs, **resources)
+    if stage.kind == "batches":
+        return ds.map_batches(stage.op, fn_kwargs=kwargs, batch_size=batch_size(stage, job), batch_format="numpy", **resources)
+    low, high = pool_size(stage, job.cfg)
+    if stage.node_threads and not job.use_gpus:
+        kwargs["cpu_actors_per_node"] = cpu_actors_per_node(high)
+    return ds.map_batches(
+        stage.op,
+        fn_constructor_kwargs=kwargs,
+        batch_size=batch_size(stage, job),
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+        **resources,
+    )
+
+
+def dataset(stages_of_pass: list[Stage], job: Job, rows: list[dict[str, Any]]) -> Any:
+    """A pass's rows through its stages up to (not including) its write: a lazy Ray Dataset."""
+    ds = ray.data.from_items(rows)
+    for stage in stages_of_pass:
+        if stage.kind not in ("source", "write"):
+            ds = apply(stage, ds, job)
+    return ds
+
+
+def execute(stages: list[Stage], job: Job) -> Job:
+    """Run every pass of the active stages in order. A pass whose source has no rows is skipped
+    (nothing to do: an output that is complete, or a text pass with no new caption)."""
+    for stages_of_pass in passes(active(stages, job.cfg)):
+        source, rest = stages_of_pass[0], stages_of_pass[1:]
+        t0 = time.perf_counter()
+        rows = source.read(job)
+        for stage in rest:
+            if stage.setup is not None:
+                stage.setup(job)
+        if rows:
+            ds = dataset(rest, job, rows)
+            for stage in rest:
+                if stage.kind == "write":
+                    apply(stage, ds, job)
+        job.phase_seconds[source.phase or source.name] = time.perf_counter() - t0
+    return job
+
+
+# ---------------------------------------------------------------------------------------------
+# run.json
+
+
+def redacted(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config for run.json and logs, with anything that looks like a credential masked."""
+    data = cfg.model_dump(mode="json")
+
+    def mask(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: ("***" if any(s in k.lower() for s in ("key", "secret", "token", "password", "credential")) else mask(v))
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [mask(v) for v in node]
+        return node
+
+    data["storage_options"] = mask(data.get("storage_options", {}))
+    return data
+
+
+def versions(*modules: str) -> dict[str, str]:
+    """Versions of latentforge, Python, Ray and the named packages a pipeline ran."""
+    import importlib.metadata
+
+    out = {"latentforge": __version__, "python": platform.python_version(), "ray": ray.__version__}
+    for name in modules:
+        out[name] = importlib.metadata.version(name)
+    return out
+
+
+def seconds_of(result: dict[str, Any], *more: dict[str, Any]) -> dict[str, float]:
+    """Per-stage busy seconds that sinks added up, rounded, in name order."""
+    total: dict[str, float] = {}
+    for r in (result, *more):
+        total.update(r.get("seconds", {}))
+    return {k: round(v, 3) for k, v in sorted(total.items())}
+
+
+def decode_figures(decoded: dict[str, int], source_frames: int) -> dict[str, Any]:
+    """run.json's decoded frames per source frame: how often each source frame was decoded."""
+    return {"source_frames": source_frames, "decoded_per_source_frame": round(sum(decoded.values()) / source_frames, 4) if source_frames else None}
+
+
+def write_summary(job: Job, fields: dict[str, Any], module_versions: tuple[str, ...], started_at: str) -> dict[str, Any]:
+    """run.json: what the pipeline reported, between the times and the provenance every run has."""
+    cfg = job.cfg
+    summary = {
+        "latentforge": __version__,
+        **({"pipeline": fields.pop("pipeline")} if "pipeline" in fields else {}),
+        "started_at": started_at,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "wall_seconds": round(time.time() - job.started, 3),
+        "phase_wall_seconds": {k: round(v, 3) for k, v in job.phase_seconds.items()},
+        **fields,
+        "versions": versions(*module_versions),
+        "config": redacted(cfg),
+        "command": sys.argv,
+    }
+    write_run_summary(cfg.output, summary, cfg.storage_options)
+    return summary
+
+
+def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tuple[dict[str, Any], tuple[str, ...]]]) -> dict[str, Any]:
+    """Start, execute the list, summarise; returns the summary also written to run.json."""
+    started_at = datetime.now(timezone.utc).isoformat()
+    job = execute(stages, start(cfg))
+    fields, module_versions = summarize(job)
+    return write_summary(job, fields, module_versions, started_at)
