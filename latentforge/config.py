@@ -230,7 +230,7 @@ class PipelineConfig(_Section):
     buckets: str = "832x480x49;480x832x49;624x624x49"
     pipeline: Literal["split", "caption", "precompute", "all"] = "precompute"
 
-    input_format: Literal["auto", "ltx", "fastvideo", "lists", "caption_files", "chronoedit", "folder"] = "auto"
+    input_format: Literal["auto", "ltx", "fastvideo", "lists", "caption_files", "chronoedit", "folder", "webdataset", "hf_folder", "parquet"] = "auto"
     model_path: Optional[str] = Field(None, description="local diffusers-format folder instead of the preset's Hub id")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for s3:// etc.")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)

@@ -302,8 +302,8 @@ def test_whole_input_problems_raise_manifest_error(tmp_path):
     touch(tmp_path / "notes.md")
     with pytest.raises(ManifestError, match="no media files and no manifest"):
         read_manifest(str(tmp_path))
-    with pytest.raises(ManifestError, match="unknown input format 'webdataset'"):
-        read_manifest(str(tmp_path), input_format="webdataset")
+    with pytest.raises(ManifestError, match="unknown input format 'tfrecord'"):
+        read_manifest(str(tmp_path), input_format="tfrecord")
     with pytest.raises(ManifestError, match="no videos2caption.json"):
         read_manifest(str(tmp_path), input_format="fastvideo")
     (tmp_path / "broken.json").write_text("{oops")

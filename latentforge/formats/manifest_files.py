@@ -23,7 +23,7 @@ MEDIA_EXTENSIONS: dict[str, frozenset[str]] = {
     "video": frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"}),
     "image": frozenset({".png", ".jpg", ".jpeg", ".webp"}),
 }
-TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
+TABLE_EXTENSIONS = (".csv", ".json", ".jsonl", ".parquet")
 
 
 class ManifestError(ValueError):
@@ -60,10 +60,14 @@ class BadRecord:
 
 
 def read_table(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Table:
-    """CSV, JSON (list of objects) or JSONL -> columns + records; bad lines become BadRecord."""
+    """CSV, JSON (list of objects), JSONL or Parquet -> columns + records; bad lines become BadRecord."""
     ext = extension(path)
     if ext not in TABLE_EXTENSIONS:
-        raise ManifestError(f"{url}: unsupported manifest file type {ext or '(no extension)'!r}; expected .csv, .json or .jsonl")
+        raise ManifestError(
+            f"{url}: unsupported manifest file type {ext or '(no extension)'!r}; expected .csv, .json, .jsonl or .parquet"
+        )
+    if ext == ".parquet":
+        return _read_parquet(fs, path, url)
     text = read_text(fs, path, url)
     if ext == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -94,6 +98,20 @@ def read_table(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Table:
             continue
         records.append(record if isinstance(record, dict) else BadRecord(f"line {number} is not a JSON object"))
     return Table(_columns(records), records)
+
+
+def _read_parquet(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ManifestError(f"{url}: unreadable Parquet ({e})") from None
+    return Table(list(table.column_names), table.to_pylist())
 
 
 def _columns(records: list[Any]) -> list[str]:

@@ -69,7 +69,7 @@ def _read_ltx(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]
         )
     base = parent_url(plan.url)
     return [
-        _from_record(record, base, media_column, "caption", caption_required=False)
+        from_record(record, base, media_column, "caption", caption_required=False)
         for record in table.records
     ]
 
@@ -82,7 +82,7 @@ def _read_chronoedit(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str
             "expected key, video and prompt"
         )
     base = parent_url(plan.url)
-    return [_from_record(record, base, "video", "prompt", caption_required=True) for record in table.records]
+    return [from_record(record, base, "video", "prompt", caption_required=True) for record in table.records]
 
 
 def _read_fastvideo(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]:
@@ -95,7 +95,7 @@ def _read_fastvideo(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str,
             captions = cap if isinstance(cap, list) else ([cap] if isinstance(cap, str) else None)
             caption = next((c for c in captions or () if isinstance(c, str) and c.strip()), None)
             record = {**record, "cap": caption, "captions": captions}
-        rows.append(_from_record(record, base, "path", "cap", caption_required=True))
+        rows.append(from_record(record, base, "path", "cap", caption_required=True))
     return rows
 
 
@@ -114,7 +114,7 @@ def _read_lists(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any
             f"{plan.url}: {caption_name} has {len(captions)} lines but {media_name} has {len(media)}; "
             "they must pair line by line"
         )
-    return [_make_row(plan.url, ref, caption, {}, caption_required=True) for ref, caption in zip(media, captions)]
+    return [make_row(plan.url, ref, caption, {}, caption_required=True) for ref, caption in zip(media, captions)]
 
 
 def _read_caption_files(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]:
@@ -128,27 +128,27 @@ def _read_caption_files(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[
         sibling = caption_sibling(path)
         ref = to_url(fs, path)
         if sibling not in present:
-            rows.append(_make_row(plan.url, ref, None, {}, caption_required=False))
+            rows.append(make_row(plan.url, ref, None, {}, caption_required=False))
             continue
         data = texts.get(sibling)
         if isinstance(data, bytes):
             try:
                 caption = data.decode("utf-8-sig")
             except UnicodeDecodeError:
-                rows.append(error_row(_make_row(plan.url, ref, None, {}, caption_required=False), STAGE, "caption file is not UTF-8"))
+                rows.append(error_row(make_row(plan.url, ref, None, {}, caption_required=False), STAGE, "caption file is not UTF-8"))
                 continue
-            rows.append(_make_row(plan.url, ref, caption, {}, caption_required=True))
+            rows.append(make_row(plan.url, ref, caption, {}, caption_required=True))
         else:
-            rows.append(error_row(_make_row(plan.url, ref, None, {}, caption_required=False), STAGE, "caption file unreadable"))
+            rows.append(error_row(make_row(plan.url, ref, None, {}, caption_required=False), STAGE, "caption file unreadable"))
     return rows
 
 
 def _read_folder(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]:
     if not plan.is_dir:
-        return [_make_row(plan.url, plan.url, None, {}, caption_required=False)]
+        return [make_row(plan.url, plan.url, None, {}, caption_required=False)]
     files = plan.files if plan.files is not None else list_files(fs, plan.path)
     return [
-        _make_row(plan.url, to_url(fs, f), None, {}, caption_required=False)
+        make_row(plan.url, to_url(fs, f), None, {}, caption_required=False)
         for f in files
         if media_type_of(f) is not None
     ]
@@ -168,15 +168,15 @@ READERS = {
 # Rows
 
 
-def _from_record(record: Any, base: str, media_column: str, caption_column: str, *, caption_required: bool) -> dict[str, Any]:
+def from_record(record: Any, base: str, media_column: str, caption_column: str, *, caption_required: bool) -> dict[str, Any]:
     """One manifest record -> row; the media and caption columns are consumed, the rest pass."""
     if isinstance(record, BadRecord):
         return error_row(_blank_row(), STAGE, record.reason)
     extras = {k: v for k, v in record.items() if k not in (media_column, caption_column)}
-    return _make_row(base, record.get(media_column), record.get(caption_column), extras, caption_required=caption_required)
+    return make_row(base, record.get(media_column), record.get(caption_column), extras, caption_required=caption_required)
 
 
-def _make_row(base: str, ref: Any, caption: Any, extras: dict[str, Any], *, caption_required: bool) -> dict[str, Any]:
+def make_row(base: str, ref: Any, caption: Any, extras: dict[str, Any], *, caption_required: bool) -> dict[str, Any]:
     """The row for one media reference, or an error row saying what is wrong with it.
 
     `caption_required=False` lets None through as "no caption yet"; a blank string is always

@@ -26,6 +26,13 @@ Formats (`FORMATS`; "auto" detects them, see `detect_format`):
   `key` and any other column pass through.
 - folder: every media file under a folder (recursive), caption None. A single media file as
   input reads as a folder of one.
+- webdataset: a folder (or one file) of `.tar` shards, samples grouped by key; a member's
+  `uri` is `tar://<member>::<shard url>` (see `webdataset`).
+- hf_folder: Hugging Face videofolder / imagefolder, `metadata.{jsonl,csv,parquet}` with
+  `file_name` and caption / text / prompt, sub-folders' metadata too (see `table_inputs`).
+  A folder's `metadata.csv` is ChronoEdit's unless it has a `file_name` column.
+- parquet: a `.parquet` file or a folder of them with the ltx columns (see `table_inputs`).
+  A folder is webdataset or parquet only when it holds no media files and no other manifest.
 
 Paths in manifests are relative to the manifest's folder; absolute paths and URLs are kept.
 Files and folders whose name starts with "." are skipped when listing (.DS_Store, ._clip.mp4,
@@ -36,7 +43,8 @@ rows with error_stage "source"; whole-input problems raise `ManifestError`.
 
 This module decides the format and the file (detection, the plan); `manifest_readers` reads
 each format into rows, and `manifest_files` holds the plain file helpers (tables, text and list
-files, folder listing, media types) under both. The writer for the caption pipeline's manifest
+files, folder listing, media types) under both; `webdataset` and `table_inputs` read the
+formats finetrainers and Hugging Face use, one shard / file per call. The writer for the caption pipeline's manifest
 is `caption_manifest`.
 """
 
@@ -65,15 +73,27 @@ from latentforge.formats.manifest_readers import (
     LTX_MEDIA_COLUMNS,
     LTX_NAMES,
     MEDIA_LISTS,
-    READERS,
+    READERS as BASE_READERS,
     Plan,
     uniform,
 )
+from latentforge.formats.table_inputs import (
+    HF_MEDIA_COLUMN,
+    HF_METADATA_NAMES,
+    PARQUET_EXTENSION,
+    parquet_files,
+    read_hf_folder,
+    read_parquet,
+)
+from latentforge.formats.webdataset import SHARD_EXTENSION, read_webdataset, shard_files
 from latentforge.storage import get_fs, to_url
 
 __all__ = ["FORMATS", "MEDIA_EXTENSIONS", "ManifestError", "detect_format", "media_type_of", "read_manifest"]
 
-FORMATS = ("auto", "ltx", "fastvideo", "lists", "caption_files", "chronoedit", "folder")
+FORMATS = (
+    "auto", "ltx", "fastvideo", "lists", "caption_files", "chronoedit", "folder", "webdataset", "hf_folder", "parquet",
+)
+READERS = {**BASE_READERS, "webdataset": read_webdataset, "hf_folder": read_hf_folder, "parquet": read_parquet}
 
 
 def detect_format(input_url: str, storage_options: dict[str, Any] | None = None) -> str:
@@ -109,8 +129,13 @@ def _detect(fs: fsspec.AbstractFileSystem, path: str, input_url: str) -> Plan:
     if kind == "file":
         return _detect_file(fs, path, url)
     names = child_names(fs, path)
-    if CHRONOEDIT_NAME in names:
-        return _file_plan(fs, "chronoedit", child(path, CHRONOEDIT_NAME))
+    if CHRONOEDIT_NAME in names:  # ChronoEdit's, or a Hugging Face folder's: the columns tell
+        table = read_table(fs, child(path, CHRONOEDIT_NAME), child(url, CHRONOEDIT_NAME))
+        if HF_MEDIA_COLUMN in table.columns:
+            return Plan("hf_folder", path, url, is_dir=True)
+        return Plan("chronoedit", child(path, CHRONOEDIT_NAME), child(url, CHRONOEDIT_NAME), is_dir=False, table=table)
+    if any(n in names for n in HF_METADATA_NAMES):
+        return Plan("hf_folder", path, url, is_dir=True)
     if FASTVIDEO_NAME in names:
         return _file_plan(fs, "fastvideo", child(path, FASTVIDEO_NAME))
     ltx = [n for n in LTX_NAMES if n in names]
@@ -127,9 +152,14 @@ def _detect(fs: fsspec.AbstractFileSystem, path: str, input_url: str) -> Plan:
         return Plan("caption_files", path, url, is_dir=True, files=files)
     if media:
         return Plan("folder", path, url, is_dir=True, files=files)
+    if shard_files(fs, files):
+        return Plan("webdataset", path, url, is_dir=True, files=files)
+    if parquet_files(files):
+        return Plan("parquet", path, url, is_dir=True, files=files)
     raise ManifestError(
         f"{url}: no media files and no manifest found (looked for {CHRONOEDIT_NAME}, {FASTVIDEO_NAME}, "
-        f"{'/'.join(LTX_NAMES)}, a prompt.txt + videos.txt pair, and media files "
+        f"{'/'.join(LTX_NAMES)}, {'/'.join(HF_METADATA_NAMES)}, a prompt.txt + videos.txt pair, "
+        f"{SHARD_EXTENSION} shards, {PARQUET_EXTENSION} files and media files "
         f"{', '.join(sorted(MEDIA_EXTENSIONS['video'] | MEDIA_EXTENSIONS['image']))})"
     )
 
@@ -140,9 +170,15 @@ def _detect_file(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Plan:
         return Plan("folder", path, url, is_dir=False)
     if name == FASTVIDEO_NAME:
         return _file_plan(fs, "fastvideo", path)
+    if name.lower().endswith(SHARD_EXTENSION):
+        return Plan("webdataset", path, url, is_dir=False)
     table = read_table(fs, path, url)
     columns = set(table.columns)
-    if {"path", "cap"} <= columns:
+    if HF_MEDIA_COLUMN in columns:
+        fmt = "hf_folder"
+    elif name.lower().endswith(PARQUET_EXTENSION):
+        fmt = "parquet"
+    elif {"path", "cap"} <= columns:
         fmt = "fastvideo"
     elif {"video", "prompt"} <= columns:
         fmt = "chronoedit"
@@ -151,7 +187,7 @@ def _detect_file(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Plan:
     else:
         raise ManifestError(
             f"{url}: no recognisable columns (found {sorted(columns)}); expected caption + media_path "
-            "(ltx), path + cap (fastvideo) or key + video + prompt (chronoedit)"
+            "(ltx), path + cap (fastvideo), key + video + prompt (chronoedit) or file_name (hf_folder)"
         )
     return Plan(fmt, path, url, is_dir=False, table=table)
 
@@ -163,7 +199,7 @@ def _plan_explicit(fs: fsspec.AbstractFileSystem, path: str, input_url: str, fmt
         if kind != "dir":
             raise ManifestError(f"{url}: the {fmt} format reads a folder, not a file")
         return Plan(fmt, path, url, is_dir=True)
-    if fmt == "folder":
+    if fmt in ("folder", "webdataset", "hf_folder", "parquet"):
         return Plan(fmt, path, url, is_dir=kind == "dir")
     if kind == "file":
         return _file_plan(fs, fmt, path)

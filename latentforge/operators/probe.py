@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from latentforge.operators.base import Resources
 from latentforge.operators.frame_clock import stream_rate
 from latentforge.rows import error_row, is_error
-from latentforge.storage import get_fs, is_local, open_input
+from latentforge.storage import get_fs, is_local, open_input, split_tar_url
 
 RESOURCES = Resources(num_cpus=1)
 
@@ -31,11 +31,13 @@ PROBE_COLUMNS = (
 
 @contextmanager
 def open_media(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[Any]:
-    """A local path as itself, a remote URL as a seekable file object (PyAV and PIL take both)."""
-    fs, path = get_fs(uri, storage_options)
-    if is_local(fs):
-        yield path
-        return
+    """A local path as itself, a remote URL or a tar member as a seekable file object (PyAV
+    and PIL take both)."""
+    if split_tar_url(uri) is None:
+        fs, path = get_fs(uri, storage_options)
+        if is_local(fs):
+            yield path
+            return
     f = open_input(uri, storage_options)
     try:
         yield f
