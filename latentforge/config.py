@@ -52,6 +52,9 @@ class EncodeTextConfig(ActorPool):
     trigger_word: Optional[str] = Field(None, description="LoRA trigger word prepended to every caption")
     strip_openers: bool = Field(True, description="remove 'The video shows'-style openers")
     batch_size: int = Field(16, ge=1)
+    ltx2_stacked_hidden_states: bool = Field(False, description=(
+        "LTX-2: store encode_prompt's stacked Gemma hidden states [length, hidden x 49], 49x larger, instead of "
+        "the LTX-2 trainer's text features [length, 3840], under embeddings/encoder=<name without -features>"))
 
 
 class CaptionConfig(ActorPool):

@@ -1,10 +1,10 @@
 """Model presets: a name -> the VAE and text-encoder classes, ids and bucket rules of a family.
 
 A preset names a diffusers-format repository (a Hub id, or a local folder with `vae/`,
-`text_encoder/`, `tokenizer/` and, for HunyuanVideo, `text_encoder_2/` and `tokenizer_2/`),
-the diffusers VAE class, and the diffusers pipeline whose `encode_prompt` *is* the text
-encoding: latentforge never reimplements a pipeline's prompt encoding, it instantiates the
-pipeline with only its text components and calls it.
+`text_encoder/`, `tokenizer/`; for HunyuanVideo also `text_encoder_2/` and `tokenizer_2/`, for
+LTX-2 `connectors/`), the diffusers VAE class, and the diffusers pipeline whose `encode_prompt`
+*is* the text encoding: latentforge never reimplements a pipeline's prompt encoding, it
+instantiates the pipeline with only its text components and calls it.
 
 Every preset has a `tiny-<name>` twin built from the same real classes (the diffusers VAE
 class, the transformers text encoder class, the real tokenizer class) with tiny configs and
@@ -61,16 +61,22 @@ class ModelPreset:
 _LTX_GEOMETRY = dict(spatial_multiple=32, frame_modulus=8, frame_remainder=1, spatial_compression=32, temporal_compression=8)
 _X16_GEOMETRY = dict(spatial_multiple=16, frame_modulus=4, frame_remainder=1, spatial_compression=8, temporal_compression=4)
 _WAN22_GEOMETRY = dict(spatial_multiple=32, frame_modulus=4, frame_remainder=1, spatial_compression=16, temporal_compression=4)
+# CogVideoX: its VAE alone takes F % 4 == 1, but CogVideo's finetune refuses clips unless
+# (F - 1) % 8 == 0, so the preset follows the trainer (docs/models.md, docs/exporters.md).
+_COGVIDEOX_GEOMETRY = {**_X16_GEOMETRY, "frame_modulus": 8}
 
 _REAL_PRESETS = [
     # LTX-2: Gemma 3 12B; encode_prompt returns ALL of Gemma's hidden states stacked and
     # flattened per token ([T, hidden * (layers + 1)]), left-padded to 1024 (LTX2Pipeline.__call__
-    # default). The connectors that consume them belong to the transformer side.
+    # default). What is stored is what the LTX-2 trainer stores: those states through the
+    # `connectors` component's text feature extractor (normalisation + projection, before the
+    # connector transformers), [T, 3840] -- hence the "-features" name; the stacked form
+    # (encode_text.ltx2_stacked_hidden_states) keeps the name without it (text_encoder_name()).
     # VAE: 32x spatial, 8x temporal, causal first frame -> F % 8 == 1.
     ModelPreset(
         name="ltx2", family="ltx2", repo="Lightricks/LTX-2",
         vae_class="AutoencoderKLLTX2Video", pipeline_class="LTX2Pipeline",
-        text_encoder_name="ltx2-gemma3-12b-1024", max_sequence_length=1024, **_LTX_GEOMETRY,
+        text_encoder_name="ltx2-gemma3-12b-1024-features", max_sequence_length=1024, **_LTX_GEOMETRY,
     ),
     # LTX-Video (0.9.x): T5-v1.1-XXL, 128 tokens (LTXPipeline.__call__ default).
     ModelPreset(
@@ -102,7 +108,7 @@ _REAL_PRESETS = [
     ModelPreset(
         name="cogvideox", family="cogvideox", repo="THUDM/CogVideoX-2b",
         vae_class="AutoencoderKLCogVideoX", pipeline_class="CogVideoXPipeline",
-        text_encoder_name="t5-v1_1-xxl-226", max_sequence_length=226, **_X16_GEOMETRY,
+        text_encoder_name="t5-v1_1-xxl-226", max_sequence_length=226, **_COGVIDEOX_GEOMETRY,
     ),
     # HunyuanVideo: llava-llama-3-8b (3rd-last hidden state, system-prompt template cropped)
     # + CLIP-L pooled vector; 256 tokens after the template (HunyuanVideoPipeline.__call__).
@@ -123,14 +129,20 @@ _TINY_ENCODER_SHORT = {
 }
 
 
+# LTX-2's embeddings partition names the stored form: its text feature extractor's output
+# (the default) ends in this; the stacked hidden states are the name without it.
+LTX2_FEATURES_SUFFIX = "-features"
+
+
 def _tiny_twin(p: ModelPreset) -> ModelPreset:
     name = f"tiny-{p.name}"
+    suffix = LTX2_FEATURES_SUFFIX if p.text_encoder_name.endswith(LTX2_FEATURES_SUFFIX) else ""
     return dataclasses.replace(
         p,
         name=name,
         repo=name,  # resolved by model_root: built under $LATENTFORGE_HOME/tiny/<name>
         # Random weights: a different function from the real encoder (and from each other).
-        text_encoder_name=f"{name}-{_TINY_ENCODER_SHORT[p.name]}-{p.max_sequence_length}",
+        text_encoder_name=f"{name}-{_TINY_ENCODER_SHORT[p.name]}-{p.max_sequence_length}{suffix}",
         tiny=True,
     )
 
@@ -156,6 +168,15 @@ def get_preset(name: str, path: str | None = None) -> ModelPreset:
     if path:
         preset = dataclasses.replace(preset, repo=os.fspath(path), tiny=False)
     return preset
+
+
+def text_encoder_name(preset: ModelPreset, ltx2_stacked_hidden_states: bool = False) -> str:
+    """The embeddings partition name (`embeddings/encoder=<name>`) of what encode_text stores:
+    the preset's, except LTX-2 with `ltx2_stacked_hidden_states`, whose stacked Gemma hidden
+    states keep the name without LTX2_FEATURES_SUFFIX, so the two forms never share a folder."""
+    if preset.family == "ltx2" and ltx2_stacked_hidden_states:
+        return preset.text_encoder_name.removesuffix(LTX2_FEATURES_SUFFIX)
+    return preset.text_encoder_name
 
 
 def latentforge_home() -> str:
@@ -189,6 +210,11 @@ _TEXT_COMPONENTS: dict[str, dict[str, str]] = {
         "text_encoder_2": "CLIPTextModel",
     },
 }
+# Diffusers components of the text side, loaded by load_text_pipeline when asked for: LTX-2's
+# `connectors`, whose text feature extractor (normalisation + text_proj_in, or LTX-2.3's
+# video_text_proj_in / audio_text_proj_in) turns the stacked hidden states into what is stored.
+# Each as model_index.json records it: (library, class), the library a diffusers pipeline folder.
+_DIFFUSERS_TEXT_COMPONENTS: dict[str, dict[str, tuple[str, str]]] = {"ltx2": {"connectors": ("ltx2", "LTX2TextConnectors")}}
 
 
 def _diffusers_class(name: str):
@@ -251,11 +277,18 @@ def vae_normalization(preset: ModelPreset | str) -> dict:
     return out
 
 
-def load_text_pipeline(preset: ModelPreset | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_text_pipeline(
+    preset: ModelPreset | str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    connectors: bool = True,
+):
     """The family's diffusers pipeline holding only its text components.
 
     The tokenizer(s) and text encoder(s) are loaded one by one with `from_pretrained(root,
-    subfolder=...)` (so a Hub repo's transformer and VAE are never downloaded) and the pipeline is
+    subfolder=...)` (so a Hub repo's transformer and VAE are never downloaded), for LTX-2 also
+    its `connectors` (diffusers LTX2TextConnectors, subfolder `connectors/`) unless `connectors`
+    is False, and the pipeline is
     constructed with every other component None. All five pipelines' __init__ accept that: they
     read VAE/transformer attributes behind `getattr(self, "vae", None)`-style guards (LTX's
     `getattr(self, "transformer")` has no default but register_modules sets the attribute to
@@ -275,6 +308,15 @@ def load_text_pipeline(preset: ModelPreset | str, device: str | torch.device = "
             if torch.device(device).type != "cpu":
                 kwargs["device_map"] = str(device)  # straight onto the GPU, no full copy in RAM
             model = cls.from_pretrained(root, subfolder=sub, **kwargs)
+            model = model.to(device).eval()
+            model.requires_grad_(False)
+            components[sub] = model
+    if connectors:
+        import diffusers.pipelines
+
+        for sub, (library, cls_name) in _DIFFUSERS_TEXT_COMPONENTS.get(preset.family, {}).items():
+            cls = getattr(getattr(diffusers.pipelines, library), cls_name)
+            model = cls.from_pretrained(root, subfolder=sub, torch_dtype=dtype)
             model = model.to(device).eval()
             model.requires_grad_(False)
             components[sub] = model
@@ -304,6 +346,14 @@ def _marker_ok(folder: str) -> bool:
     return recipe_marker_ok(folder, TINY_MARKER, TINY_RECIPE_VERSION)
 
 
+def _twin_complete(preset: ModelPreset, folder: str) -> bool:
+    """A current twin: its marker, and every diffusers text component the loader asks for (an
+    LTX-2 twin built before `connectors/` was part of its recipe is rebuilt; the other twins,
+    and their bytes, are untouched: TINY_RECIPE_VERSION stays)."""
+    subs = _DIFFUSERS_TEXT_COMPONENTS.get(preset.family, {})
+    return _marker_ok(folder) and all(os.path.isdir(os.path.join(folder, sub)) for sub in subs)
+
+
 def _build_tiny(preset: ModelPreset, dest: str) -> None:
     """Build the tiny twin of `preset` into `dest`, with the text encoder class this module's
     loader will ask for (so the recipe and the loader cannot disagree)."""
@@ -311,4 +361,4 @@ def _build_tiny(preset: ModelPreset, dest: str) -> None:
 
 
 def _ensure_tiny(preset: ModelPreset) -> str:
-    return build_folder_once(tiny_dir(preset), lambda dest: _build_tiny(preset, dest), _marker_ok)
+    return build_folder_once(tiny_dir(preset), lambda dest: _build_tiny(preset, dest), lambda f: _twin_complete(preset, f))

@@ -1,4 +1,7 @@
-"""encode_text against its oracle: the diffusers pipeline's own encode_prompt, trimmed to the tokens."""
+"""encode_text against its oracle: the diffusers pipeline's own encode_prompt, trimmed to the tokens.
+
+LTX-2 runs here with `ltx2_stacked_hidden_states` (what encode_prompt returns, stored as is); its
+default, the trainer's text features, is checked in test_ltx2_conditions.py."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 import torch
 
 from latentforge.formats.tensors import from_columns
-from latentforge.models import get_preset, model_root
+from latentforge.models import get_preset, model_root, text_encoder_name
 from latentforge.operators.text import TextEncodeStage, encode_captions
 
 TINY_TEXT = ["tiny-wan2.1", "tiny-ltx-video", "tiny-cogvideox", "tiny-ltx2", "tiny-hunyuanvideo"]
@@ -22,6 +25,8 @@ CAPTIONS = [
     "A red car drives along a winding mountain road at sunset; the camera follows it from above.",
     "A cat.",  # a duplicate inside the batch
 ]
+# LTX-2's stacked form is encode_prompt's output itself; other families ignore the option.
+STACKED = {"ltx2_stacked_hidden_states": True}
 
 
 
@@ -92,8 +97,9 @@ def row(out: dict[str, np.ndarray], i: int) -> dict:
 @pytest.mark.parametrize("name", TINY_TEXT)
 def test_stage_matches_encode_prompt(tiny_home, name):
     preset = get_preset(name)
-    stage = TextEncodeStage(name, device="cpu", batch_size=3)  # 5 rows -> more than one encoder call
-    assert stage.dtype_name == "float32" and stage.encoder_name == preset.text_encoder_name
+    stage = TextEncodeStage(name, device="cpu", batch_size=3, **STACKED)  # 5 rows -> more than one encoder call
+    assert stage.dtype_name == "float32" and stage.encoder_name == text_encoder_name(preset, True)
+    assert (stage.encoder_name == preset.text_encoder_name) == (preset.family != "ltx2")
     out = run_stage(stage, CAPTIONS)
     n = len(CAPTIONS)
     expected_cols = {"caption_id", "caption", "embedding_bytes", "embedding_shape", "embedding_dtype", "length"}
@@ -129,11 +135,12 @@ def test_ltx2_embedding_is_all_gemma_layers_left_padded(tiny_home):
     """LTX-2 stores Gemma's hidden states of every layer, stacked per token, taken from the
     right end of the left-padded sequence."""
     preset = get_preset("tiny-ltx2")
-    stage = TextEncodeStage("tiny-ltx2", device="cpu")
+    stage = TextEncodeStage("tiny-ltx2", device="cpu", **STACKED)
+    assert stage.pipe.connectors is None  # not needed for the stacked form, so not loaded
     te = stage.pipe.text_encoder
     layers = te.config.text_config.num_hidden_layers
-    (emb, length, pooled), = encode_captions(stage.pipe, preset, ["A cat."], "cpu", torch.float32)
-    assert emb.shape == (length, te.config.text_config.hidden_size * (layers + 1)) and pooled is None
+    (emb, length, extras), = encode_captions(stage.pipe, preset, ["A cat."], "cpu", torch.float32, stacked_hidden_states=True)
+    assert emb.shape == (length, te.config.text_config.hidden_size * (layers + 1)) and extras == {}
     # the first stored position is <bos>, at index L - length of the padded input
     ids = stage.pipe.tokenizer(["A cat."], padding="max_length", max_length=preset.max_sequence_length).input_ids[0]
     assert ids[preset.max_sequence_length - length] == stage.pipe.tokenizer.bos_token_id
@@ -152,7 +159,7 @@ def test_truncated_caption_has_max_length(tiny_home):
 @pytest.mark.parametrize("name", ["tiny-wan2.1", "tiny-ltx2"])
 def test_bfloat16_round_trip(tiny_home, name):
     preset = get_preset(name)
-    stage = TextEncodeStage(name, device="cpu", dtype="bfloat16")
+    stage = TextEncodeStage(name, device="cpu", dtype="bfloat16", **STACKED)
     assert stage.pipe.text_encoder.dtype == torch.bfloat16
     out = run_stage(stage, CAPTIONS[:3])
     pipe = fresh_pipeline(name, torch.bfloat16)

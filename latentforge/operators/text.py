@@ -12,7 +12,15 @@ tokens, so a stored embedding is `[length, dim]` (DESIGN.md, Outputs):
   the right: the first `length`. Selecting the masked positions handles both;
 - HunyuanVideo's `encode_prompt` already crops its system-prompt template prefix (and the mask
   with it), so its length counts the caption's tokens (+ the closing <|eot_id|>); its CLIP
-  pooled vector is stored as `pooled_embedding_*`.
+  pooled vector is stored as `pooled_embedding_*`;
+- LTX-2's `encode_prompt` returns Gemma's hidden states of every layer stacked per token
+  ([length, hidden * (layers + 1)], ~0.4 MB a token in bf16 for Gemma 3 12B). What is stored is
+  what the LTX-2 trainer's process_captions stores: those states through the text feature
+  extractor of the pipeline's `connectors` (diffusers LTX2TextConnectors; see ltx2_features),
+  before the connector transformers: `embedding_*` = video_prompt_embeds [length, D] and, where
+  the model projects audio apart (LTX-2.3), `audio_embedding_*` = audio_prompt_embeds. The
+  stacked states themselves are stored only with `stacked_hidden_states` (config
+  encode_text.ltx2_stacked_hidden_states), under another embeddings partition name.
 
 A trainer re-pads to the model's max length: zeros for Wan (which zero-fills itself), masked
 positions for LTX/LTX-2/Hunyuan. CogVideoX is the exception: its T5 runs without an attention
@@ -24,6 +32,7 @@ would change what the transformer is conditioned on.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from typing import Any, Sequence
 
@@ -60,11 +69,53 @@ def _tokenizer_mask(pipe, preset, captions: Sequence[str]) -> torch.Tensor:
     return inputs.attention_mask
 
 
+def ltx2_features(connectors, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """LTX-2's text feature extractor on ONE caption's tokens: `hidden` [length, C * layers]
+    (encode_prompt's stacked states, padding removed) -> (video features [length, D], audio
+    features [length, D_audio] or None where one projection serves both: LTX-2.0).
+
+    What LTX2TextConnectors.forward does before its video/audio connector transformers, with
+    diffusers' own normalisation functions and the component's own projection layers:
+    LTX-2.0 (`per_modality_projections` False): per_layer_masked_mean_norm (per layer, over the
+    valid tokens: 8 * (x - mean) / (max - min + 1e-6)), flatten, text_proj_in; LTX-2.3:
+    per_token_rms_norm, flatten, scaled by sqrt(video_hidden_dim / C) and sqrt(audio_hidden_dim /
+    C) into video_text_proj_in / audio_text_proj_in. Both normalisations read only valid tokens
+    (mean, min, max over the mask; RMS per token), so on the trimmed rows (mask all ones) they
+    give the values they give those rows in the padded batch, which tests/test_ltx2_conditions.py
+    checks against the whole forward on encode_prompt's padded output.
+    """
+    from diffusers.pipelines.ltx2.connectors import per_layer_masked_mean_norm, per_token_rms_norm
+
+    cfg = connectors.config
+    states = hidden.unsqueeze(0).unflatten(2, (cfg.caption_channels, -1))  # [1, length, C, layers]
+    if cfg.per_modality_projections:
+        norm = per_token_rms_norm(states).flatten(2, 3)
+        video = connectors.video_text_proj_in(norm * math.sqrt(cfg.video_hidden_dim / cfg.caption_channels))
+        audio = connectors.audio_text_proj_in(norm * math.sqrt(cfg.audio_hidden_dim / cfg.caption_channels))
+        return video[0], audio[0]
+    lengths = torch.tensor([states.shape[1]], device=states.device)
+    norm = per_layer_masked_mean_norm(states, lengths, device=states.device, padding_side="left")
+    return connectors.text_proj_in(norm)[0], None
+
+
+def extra_columns(pipe, preset, stacked_hidden_states: bool = False) -> list[str]:
+    """The embedding columns besides `embedding_*` that encode_captions returns for this pipeline:
+    `pooled_embedding` (HunyuanVideo's CLIP), `audio_embedding` (LTX-2.3's audio features)."""
+    if preset.family == "hunyuanvideo":
+        return ["pooled_embedding"]
+    if preset.family == "ltx2" and not stacked_hidden_states and pipe.connectors.config.per_modality_projections:
+        return ["audio_embedding"]
+    return []
+
+
 def encode_captions(
-    pipe, preset, captions: list[str], device: str | torch.device, dtype: torch.dtype
-) -> list[tuple[torch.Tensor, int, torch.Tensor | None]]:
-    """`(embedding [length, dim], length, pooled [dim] or None)` per caption, from the pipeline's
-    own encode_prompt with the preset's max_sequence_length."""
+    pipe, preset, captions: list[str], device: str | torch.device, dtype: torch.dtype, stacked_hidden_states: bool = False
+) -> list[tuple[torch.Tensor, int, dict[str, torch.Tensor]]]:
+    """`(embedding [length, dim], length, extras)` per caption, from the pipeline's own
+    encode_prompt with the preset's max_sequence_length; `extras` maps the columns of
+    extra_columns to their tensor (HunyuanVideo's `pooled_embedding` [dim], LTX-2.3's
+    `audio_embedding` [length, D_audio]). For LTX-2 the embedding is ltx2_features' video
+    features, or with `stacked_hidden_states` encode_prompt's stacked Gemma states."""
     captions = list(captions)
     kwargs: dict[str, Any] = dict(
         prompt=captions,
@@ -95,12 +146,21 @@ def encode_captions(
     if embeds.shape[:2] != mask.shape:
         raise RuntimeError(f"{preset.pipeline_class}: embeddings {tuple(embeds.shape)} vs mask {tuple(mask.shape)}")
     mask = mask.to(embeds.device).bool()
+    features = family == "ltx2" and not stacked_hidden_states
     results = []
     for i in range(len(captions)):
         length = int(mask[i].sum())
         # Left padding (LTX-2) keeps the last `length` positions, right padding the first.
-        emb = embeds[i][mask[i]].clone()
-        results.append((emb, length, pooled[i].clone() if pooled is not None else None))
+        emb = embeds[i][mask[i]]
+        extras: dict[str, torch.Tensor] = {}
+        if pooled is not None:
+            extras["pooled_embedding"] = pooled[i].clone()
+        if features:
+            with torch.inference_mode():
+                emb, audio = ltx2_features(pipe.connectors, emb)
+            if audio is not None:
+                extras["audio_embedding"] = audio
+        results.append((emb.clone(), length, extras))
     return results
 
 
@@ -110,7 +170,7 @@ class TextEncodeStage:
     In: `caption_id`, `caption` (the final caption text: cleanup and trigger words are applied
     before this stage). Out: the input columns plus `embedding_bytes/_shape/_dtype` ([length,
     dim]), `length` (token count) and, for families with a pooled vector (HunyuanVideo's CLIP),
-    `pooled_embedding_*`. Identical captions in a batch are encoded once. A caption that is
+    `pooled_embedding_*`; for LTX-2.3 (separate audio projection) `audio_embedding_*`. Identical captions in a batch are encoded once. A caption that is
     missing or fails to encode becomes an error row (`error`, `error_stage`) instead of failing
     the batch; those two columns appear only in batches that have such a row.
     """
@@ -125,10 +185,13 @@ class TextEncodeStage:
         device: str | None = None,
         batch_size: int = 8,
         cpu_actors_per_node: int | None = None,
+        ltx2_stacked_hidden_states: bool = False,
     ):
         """`cpu_actors_per_node`: on the CPU, torch gets the node's CPUs divided by this as
-        threads (the pipeline passes it on CPU-only runs); None keeps torch's thread count."""
-        from latentforge.models import get_preset, load_text_pipeline
+        threads (the pipeline passes it on CPU-only runs); None keeps torch's thread count.
+        `ltx2_stacked_hidden_states`: LTX-2 stores encode_prompt's stacked Gemma states instead
+        of the text features (and its connectors are not loaded)."""
+        from latentforge.models import get_preset, load_text_pipeline, text_encoder_name
 
         self.preset = get_preset(model, model_path)
         self.device = device or default_device()
@@ -138,12 +201,13 @@ class TextEncodeStage:
         self.dtype = DTYPES[self.dtype_name]
         self.batch_size = max(1, int(batch_size or 1))
         self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
-        self.pipe = load_text_pipeline(self.preset, device=self.device, dtype=self.dtype)
-        self.has_pooled = self.preset.family == "hunyuanvideo"
+        self.stacked = bool(ltx2_stacked_hidden_states) and self.preset.family == "ltx2"
+        self.pipe = load_text_pipeline(self.preset, device=self.device, dtype=self.dtype, connectors=not self.stacked)
+        self.extra_columns = extra_columns(self.pipe, self.preset, self.stacked)
+        self.encoder_name = text_encoder_name(self.preset, self.stacked)
 
-    @property
-    def encoder_name(self) -> str:
-        return self.preset.text_encoder_name
+    def _encode(self, texts: list[str]) -> list[tuple[torch.Tensor, int, dict[str, torch.Tensor]]]:
+        return encode_captions(self.pipe, self.preset, texts, self.device, self.dtype, self.stacked)
 
     def _encode_all(self, texts: list[str]) -> dict[str, Any]:
         """caption text -> (embedding, length, pooled) or the exception that encoding raised."""
@@ -151,12 +215,12 @@ class TextEncodeStage:
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start : start + self.batch_size]
             try:
-                results.update(zip(chunk, encode_captions(self.pipe, self.preset, chunk, self.device, self.dtype)))
+                results.update(zip(chunk, self._encode(chunk)))
             except Exception:
                 # Find the caption(s) at fault; the others still get their embedding.
                 for text in chunk:
                     try:
-                        results[text] = encode_captions(self.pipe, self.preset, [text], self.device, self.dtype)[0]
+                        results[text] = self._encode([text])[0]
                     except Exception as e:  # noqa: BLE001 - one bad row never kills the job
                         results[text] = e
         return results
@@ -173,7 +237,7 @@ class TextEncodeStage:
         unique = list(dict.fromkeys(t for t in texts if t is not None))
         encoded = self._encode_all(unique)
 
-        names = ["embedding"] + (["pooled_embedding"] if self.has_pooled else [])
+        names = ["embedding", *self.extra_columns]
         cols: dict[str, list[Any]] = {f"{nm}_{part}": [None] * n for nm in names for part in ("bytes", "shape", "dtype")}
         lengths: list[int | None] = [None] * n
         errors: list[str | None] = [None] * n
@@ -186,12 +250,10 @@ class TextEncodeStage:
             elif isinstance(result, Exception):
                 errors[i] = f"text encoding failed: {type(result).__name__}: {result}"
             else:
-                emb, length, pooled = result
+                emb, length, extras = result
                 lengths[i] = length
-                for key, value in to_columns("embedding", emb).items():
-                    cols[key][i] = value
-                if self.has_pooled:
-                    for key, value in to_columns("pooled_embedding", pooled).items():
+                for name, tensor in {"embedding": emb, **extras}.items():
+                    for key, value in to_columns(name, tensor).items():
                         cols[key][i] = value
 
         out = dict(batch)

@@ -16,7 +16,7 @@ from typing import Any
 
 from latentforge import __version__
 from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, existing_values, read_table
-from latentforge.models import get_preset, vae_normalization
+from latentforge.models import get_preset, text_encoder_name, vae_normalization
 from latentforge.operators import captions as captions_op
 from latentforge.operators import frames as frames_op
 from latentforge.operators import text as text_op
@@ -153,7 +153,6 @@ def distinct_captions(job: Job) -> list[dict[str, Any]]:
     embedding yet (the counts go to `job.state["text_counts"]`)."""
     cfg = job.cfg
     so = cfg.storage_options
-    preset = get_preset(cfg.model, cfg.model_path)
     table = read_table(cfg.output, LATENTS, ["caption_id", "caption"], so)
     distinct: dict[str, str] = {}
     without_caption = 0
@@ -163,7 +162,7 @@ def distinct_captions(job: Job) -> list[dict[str, Any]]:
                 distinct.setdefault(cid, text)
             else:
                 without_caption += 1
-    done = existing_values(cfg.output, _encoder_table(preset), "caption_id", so)
+    done = existing_values(cfg.output, _encoder_table(cfg), "caption_id", so)
     todo = [{"caption_id": cid, "caption": distinct[cid]} for cid in sorted(distinct) if cid not in done]
     job.state["text_counts"] = {
         "latent_rows_without_caption": without_caption,
@@ -176,13 +175,23 @@ def distinct_captions(job: Job) -> list[dict[str, Any]]:
     return todo
 
 
-def _encoder_table(preset: Any) -> str:
-    return f"{EMBEDDINGS}/encoder={preset.text_encoder_name}"
+def _encoder_name(cfg: Any) -> str:
+    """The embeddings' encoder name: the preset's, LTX-2's stacked form apart (models.text_encoder_name)."""
+    return text_encoder_name(get_preset(cfg.model, cfg.model_path), cfg.encode_text.ltx2_stacked_hidden_states)
+
+
+def _encoder_table(cfg: Any) -> str:
+    return f"{EMBEDDINGS}/encoder={_encoder_name(cfg)}"
+
+
+def _ltx2_features(cfg: Any) -> bool:
+    return get_preset(cfg.model, cfg.model_path).family == "ltx2" and not cfg.encode_text.ltx2_stacked_hidden_states
 
 
 def _describe_text(job: Job) -> str:
     preset = get_preset(job.cfg.model, job.cfg.model_path)
-    return f"{preset.pipeline_class}.encode_prompt, max {preset.max_sequence_length} tokens, once per distinct caption"
+    features = " -> connectors' text feature extractor (LTX-2 trainer conditions)" if _ltx2_features(job.cfg) else ""
+    return f"{preset.pipeline_class}.encode_prompt{features}, max {preset.max_sequence_length} tokens, once per distinct caption"
 
 
 def _embedding_sink_args(job: Job) -> dict[str, Any]:
@@ -191,13 +200,27 @@ def _embedding_sink_args(job: Job) -> dict[str, Any]:
     metadata = {
         "model": preset.name,
         "text_pipeline": preset.pipeline_class,
-        "text_encoder": preset.text_encoder_name,
+        "text_encoder": _encoder_name(cfg),
         "repo": preset.repo,
         "max_sequence_length": preset.max_sequence_length,
         "latentforge": __version__,
         "layout": "embedding [length, dim], trimmed to the caption's token length",
     }
-    return {"output": cfg.output, "table": _encoder_table(preset), "key": "caption_id", "storage_options": cfg.storage_options, "metadata": metadata}
+    if _ltx2_features(cfg):
+        metadata["ltx2_text_features"] = True  # what exporters check: the trainer's conditions form
+        metadata["layout"] = (
+            "embedding = LTX-2 video_prompt_embeds [length, D] (the connectors' text feature extractor on "
+            "the stacked Gemma hidden states, before the connector transformers), trimmed to the caption's "
+            "tokens (left padded: the last `length` of the trainer's prompt_attention_mask); "
+            "audio_embedding = audio_prompt_embeds [length, D_audio] where the model projects audio apart "
+            "(LTX-2.3), else the video features serve both"
+        )
+    elif preset.family == "ltx2":
+        metadata["layout"] = (
+            "embedding = Gemma hidden states of every layer stacked per token [length, hidden * (layers + 1)] "
+            "(LTX2Pipeline.encode_prompt), trimmed to the caption's tokens; not the trainer's text features"
+        )
+    return {"output": cfg.output, "table": _encoder_table(cfg), "key": "caption_id", "storage_options": cfg.storage_options, "metadata": metadata}
 
 
 def text_enabled(cfg: Any) -> bool:
@@ -220,13 +243,19 @@ TEXT = [
         enabled=text_enabled,
         config="encode_text",
         node_threads=True,
-        args=lambda job: {"model": job.cfg.model, "model_path": job.cfg.model_path, "dtype": job.cfg.encode_text.dtype, "batch_size": job.cfg.encode_text.batch_size},
+        args=lambda job: {
+            "model": job.cfg.model,
+            "model_path": job.cfg.model_path,
+            "dtype": job.cfg.encode_text.dtype,
+            "batch_size": job.cfg.encode_text.batch_size,
+            "ltx2_stacked_hidden_states": job.cfg.encode_text.ltx2_stacked_hidden_states,
+        },
     ),
     Stage(
         "write_embeddings",
         "write",
         ShardSink,
-        lambda job: f"{join(job.cfg.output, _encoder_table(get_preset(job.cfg.model, job.cfg.model_path)))}/",
+        lambda job: f"{join(job.cfg.output, _encoder_table(job.cfg))}/",
         enabled=text_enabled,
         args=_embedding_sink_args,
     ),
@@ -262,7 +291,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     decoded = dict(video.get("decoded_frames", {}))
     source_frames = video.get("counts", {}).get("source_frames", 0)
     fields = {
-        "phase_wall_seconds": {"video": round(job.phase_seconds.get("video", 0.0), 3), "text": round(job.phase_seconds.get("text", 0.0), 3)},
+        "phase_wall_seconds": {k: round(job.phase_seconds.get(k, 0.0), 3) for k in ("video", "text", *job.phase_seconds)},
         "stage_seconds": seconds_of(video, text),
         "decoded_frames": decoded,
         **(decode_figures(decoded, source_frames) if source_frames else {}),
@@ -272,7 +301,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
             "repo": preset.repo,
             "vae_class": preset.vae_class,
             "text_pipeline": preset.pipeline_class,
-            "text_encoder": preset.text_encoder_name,
+            "text_encoder": _encoder_name(cfg),
         },
         "used_gpus": job.use_gpus,
     }

@@ -1,5 +1,6 @@
 """The tiny text encoders: the real transformers classes (T5/UMT5, Gemma 3, Llama, CLIP) with
-tiny configs, sized to the tiny tokenizers; weights come from the caller's seed."""
+tiny configs, sized to the tiny tokenizers, and LTX-2's diffusers text connectors sized to the
+tiny Gemma; weights come from the caller's seed."""
 
 from __future__ import annotations
 
@@ -85,3 +86,25 @@ def clip_text(tok):
         projection_dim=32,
     )
     return CLIPTextModel(cfg)
+
+
+def ltx2_connectors(gemma):
+    """LTX-2.0's `connectors` (diffusers LTX2TextConnectors) for the tiny Gemma 3 `gemma`: its
+    feature extractor reads hidden * (layers + 1) per token and projects to hidden (text_proj_in,
+    no bias, one projection for video and audio, as in Lightricks/LTX-2); the two connector
+    transformers (which latentforge never runs) are one 2x16-head layer with 128 registers
+    (the real count: padded sequences are multiples of 128)."""
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+    text = gemma.config.text_config
+    heads, head_dim = 2, text.hidden_size // 2  # inner dim = caption_channels, as the real 30 x 128 = 3840
+    return LTX2TextConnectors(
+        caption_channels=text.hidden_size,
+        text_proj_in_factor=text.num_hidden_layers + 1,
+        video_connector_num_attention_heads=heads,
+        video_connector_attention_head_dim=head_dim,
+        video_connector_num_layers=1,
+        audio_connector_num_attention_heads=heads,
+        audio_connector_attention_head_dim=head_dim,
+        audio_connector_num_layers=1,
+    )

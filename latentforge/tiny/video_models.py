@@ -16,11 +16,12 @@ from latentforge.tiny.once import seeded, write_recipe_marker
 from latentforge.tiny.text_tokenizers import clip_tokenizer, gemma_tokenizer, llama_tokenizer, t5_tokenizer
 
 # Bump when anything a tiny twin is built from changes (configs, corpus, tokenizer recipe,
-# seeds): a cached twin with another version is rebuilt.
+# seeds): a cached twin with another version is rebuilt. (The LTX-2 twin's `connectors/` came
+# without a bump: models._twin_complete rebuilds an LTX-2 twin that lacks it, and only that one.)
 TINY_RECIPE_VERSION = 1
 TINY_MARKER = "latentforge_tiny.json"
 
-SEED_VAE, SEED_TEXT, SEED_TEXT_2 = 1234, 5678, 9012
+SEED_VAE, SEED_TEXT, SEED_TEXT_2, SEED_CONNECTORS = 1234, 5678, 9012, 3456
 
 # Tiny VAE configs: the real families' structure (downsampling layout, latent channels,
 # patchify) with 8-channel blocks and one layer per block. Compression equals the real one's.
@@ -94,6 +95,8 @@ def build_video_model(preset: Any, dest: str, text_encoder_class: str) -> None:
         tok = gemma_tokenizer(L)
         parts["tokenizer"] = tok
         parts["text_encoder"] = seeded(SEED_TEXT, encoders.gemma3, tok)
+        # Its own seed, so adding it left the other parts' weights as they were.
+        parts["connectors"] = seeded(SEED_CONNECTORS, encoders.ltx2_connectors, parts["text_encoder"])
     elif family == "hunyuanvideo":
         tok = llama_tokenizer(L + 256)  # + the template prefix the pipeline prepends
         tok2 = clip_tokenizer()
@@ -115,7 +118,10 @@ def build_video_model(preset: Any, dest: str, text_encoder_class: str) -> None:
         if pname == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         if pname in parts:
-            lib = "diffusers" if pname == "vae" else "transformers"
+            # as a pipeline's save_pretrained records it: a class defined in a diffusers pipeline
+            # folder (LTX-2's connectors) is named by that folder ("ltx2"), others by package.
+            module = type(parts[pname]).__module__.split(".")
+            lib = module[2] if module[:2] == ["diffusers", "pipelines"] else module[0]
             index[pname] = [lib, type(parts[pname]).__name__]
         elif p.default is inspect.Parameter.empty:
             index[pname] = [None, None]
