@@ -16,6 +16,7 @@ examples:
   latentforge run my.yaml --set model=ltx2 --set buckets=960x544x49
   latentforge run my.yaml --address ray://head:10001      # join a running Ray cluster
   latentforge plan my.yaml                                # show what would run
+  latentforge export out/ --format ltx2 --to ltx2_data/   # a trainer's own layout from an output
 
 config keys (YAML; any key can be overridden with --set a.b=c):
   input, output, model, buckets, pipeline, input_format, model_path, storage_options,
@@ -27,6 +28,7 @@ config keys (YAML; any key can be overridden with --set a.b=c):
              filter_shorter_than, skip_start, skip_end, max_scenes, mode, clip_name, ...
   caption.*  captioning (docs/captioning.md): enabled, backend, model, model_path, task, prompt,
              prompt_file, fps, max_frames, max_pixels, override, manifest, use_8bit, base_url, ...
+  export, export_to   trainer layouts written at the end of a run (docs/exporters.md)
 see docs/config.md for every key.
 """
 
@@ -74,12 +76,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(plan)
     plan.add_argument("--gpus", action="store_true", help="show resources as on a cluster with GPUs")
+
+    export = sub.add_parser(
+        "export",
+        help="write an output's latents and embeddings in a trainer's own layout",
+        description="Read the canonical shards of OUTPUT on Ray and write them as the trainer of "
+        "FORMAT loads them (ltx2: LTX-2 trainer .precomputed/; fastvideo: FastVideo parquet; "
+        "cogvideox: CogVideo finetune cache; musubi: musubi-tuner cache). Existing files are "
+        "skipped, so a rerun resumes; each file is written whole or not at all. A format whose "
+        "trainer cannot read the output's model family or buckets is refused. See docs/exporters.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("output", help="a latentforge output folder or bucket prefix")
+    export.add_argument("--format", dest="formats", action="append", required=True, metavar="FORMAT", help="ltx2, fastvideo, cogvideox or musubi (repeatable)")
+    export.add_argument("--to", help="destination folder or bucket prefix; each layout goes to TO/FORMAT (default: OUTPUT/export/FORMAT)")
+    export.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="e.g. --set storage_options.endpoint_url=http://... or --set ray.num_cpus=4 (repeatable)",
+    )
+    export.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from latentforge.config import ConfigError
+    from latentforge.pipelines import export_output
+
+    overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
+    try:
+        summary = export_output(args.output, args.formats, args.to, overrides)
+    except ConfigError as e:
+        print(f"latentforge: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "export":
+        return _export(args)
     from latentforge.config import ConfigError, load_config
 
     overrides = list(args.overrides)

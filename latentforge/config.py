@@ -242,6 +242,10 @@ class PipelineConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    export: list[Literal["ltx2", "fastvideo", "cogvideox", "musubi"]] = Field(
+        default_factory=list, description="trainer layouts to write at the end of the run (docs/exporters.md)"
+    )
+    export_to: Optional[str] = Field(None, description="folder or bucket prefix for the layouts; default <output>/export/<format>")
 
     @field_validator("model")
     @classmethod

@@ -150,7 +150,7 @@ def test_plan_names_every_operator_that_run_executes(tmp_path, ray_local, tiny_h
         buckets=BUCKETS,
         pipeline=pipeline,
     )
-    planned = [s.runs_as for s in plan(cfg)]
+    planned = [op for s in plan(cfg) for op in s.runs_as.split(" + ")]
     run(cfg)
     executed = set(executed_operators)
     assert executed, "the run wrote nothing"

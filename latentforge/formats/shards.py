@@ -108,13 +108,13 @@ def existing_values(output: str, table: str, column: str, storage_options: dict[
     """Ids already written under output/table (for resume); reads only that column."""
     fs, root = get_fs(join(output, table), storage_options)
     values: set[str] = set()
-    for p in _shard_paths(fs, root):
+    for p in shard_paths(fs, root):
         with fs.open(p, "rb") as f:
             values.update(pq.read_table(f, columns=[column]).column(column).to_pylist())
     return values
 
 
-def _shard_paths(fs: Any, root: str) -> list[str]:
+def shard_paths(fs: Any, root: str) -> list[str]:
     """Finished shards under root; temp files of interrupted writes are not shards."""
     if not fs.exists(root):
         return []
@@ -124,7 +124,7 @@ def _shard_paths(fs: Any, root: str) -> list[str]:
 def read_table(output: str, table: str, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """All shards of one output table as one Arrow table, hive partitions (bucket=...) as columns."""
     fs, root = get_fs(join(output, table), storage_options)
-    paths = _shard_paths(fs, root)
+    paths = shard_paths(fs, root)
     if not paths:
         return pa.table({})
     dataset = pads.dataset(paths, filesystem=fs, format="parquet", partitioning="hive", partition_base_dir=root)

@@ -8,6 +8,8 @@ precompute: source -> probe -> [split_scenes] -> bucket -> [caption stages] -> f
             encode_text -> write_embeddings
 all:        precompute with split_scenes and the caption stages switched on: the split, caption
             and precompute lists in one job.
+export:     (after precompute when `export:` lists layouts, or alone as `latentforge export`)
+            latent shards joined with embeddings -> export -> trainer layout files
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from latentforge.config import PipelineConfig
-from latentforge.pipelines import caption, precompute, runtime, split
+from latentforge.config import PipelineConfig, load_config
+from latentforge.pipelines import caption, export, precompute, runtime, split
 from latentforge.pipelines.caption import enabled as caption_enabled
 from latentforge.pipelines.caption_settings import preflight as caption_preflight
 from latentforge.pipelines.runtime import StagePlan
@@ -32,8 +34,8 @@ class Pipeline:
 PIPELINES: dict[str, Pipeline] = {
     "split": Pipeline(split.PIPELINE, split.summarize),
     "caption": Pipeline(caption.PIPELINE, caption.summarize),
-    "precompute": Pipeline(precompute.STAGES, precompute.summarize),
-    "all": Pipeline(precompute.STAGES, precompute.summarize),
+    "precompute": Pipeline(precompute.STAGES + export.STAGES, precompute.summarize),
+    "all": Pipeline(precompute.STAGES + export.STAGES, precompute.summarize),
 }
 
 
@@ -54,3 +56,27 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     preflight(cfg)
     pipeline = PIPELINES[cfg.pipeline]
     return runtime.run(pipeline.stages, cfg, pipeline.summarize)
+
+
+def export_output(output: str, formats: list[str], to: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`latentforge export`: an existing output's shards in trainer layouts; returns the counts.
+    The output's run.json and errors are left as they are."""
+    storage_options = _storage_options(overrides)
+    ctx, buckets, _ = export.output_context(output, storage_options)
+    cfg = load_config(
+        None,
+        list(overrides or []),
+        input=export.recorded_input(output, storage_options) or output,  # media are named relative to it
+        output=output,
+        model=ctx.model,
+        buckets=";".join(buckets),
+        export=list(formats),
+        export_to=to,
+    )
+    job = runtime.execute(export.STAGES, runtime.start(cfg, new_run=False))
+    return {"output": output, "to": {name: export.export_root(cfg, name) for name in formats}, **export.counts(job)}
+
+
+def _storage_options(overrides: list[str] | None) -> dict[str, Any]:
+    """storage_options from --set overrides alone (the shards must be read to know the model)."""
+    return load_config(None, list(overrides or []), input=".", output=".", model="tiny").storage_options

@@ -23,6 +23,7 @@ from latentforge.operators import text as text_op
 from latentforge.operators import vae as vae_op
 from latentforge.pipelines.caption import STAGES as CAPTION_STAGES
 from latentforge.pipelines.caption import captioned_in_run, in_run
+from latentforge.pipelines.export import counts as export_counts
 from latentforge.pipelines.input import PROBE, source
 from latentforge.pipelines.runtime import decode_figures, seconds_of
 from latentforge.pipelines.sinks import ShardSink
@@ -288,6 +289,8 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     if cfg.encode_text.enabled:
         counts.update(job.state.get("text_counts", {}))
         counts["embeddings_written"] = text.get("counts", {}).get("written", 0)
+    if cfg.export:
+        counts.update(export_counts(job))
     decoded = dict(video.get("decoded_frames", {}))
     source_frames = video.get("counts", {}).get("source_frames", 0)
     fields = {

@@ -135,13 +135,15 @@ def configure_data_context(cfg: PipelineConfig) -> None:
     ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
 
 
-def start(cfg: PipelineConfig) -> Job:
-    """Connect (or start an embedded Ray), set the data context, decide GPUs, clear old errors."""
+def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
+    """Connect (or start an embedded Ray), set the data context, decide GPUs; a new run of a
+    pipeline also clears the errors of the last one (an export of an output keeps them)."""
     started = time.time()
     connect(cfg.ray.address, cfg.ray.num_cpus)
     configure_data_context(cfg)
     use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else bool(cfg.ray.use_gpus)
-    clear_errors(cfg)
+    if new_run:
+        clear_errors(cfg)
     return Job(cfg, use_gpus, started=started)
 
 
@@ -168,6 +170,8 @@ def apply(stage: Stage, ds: Any, job: Job) -> Any:
         sink = stage.op(**stage.args(job))
         ds.write_datasink(sink)
         job.results[stage.name] = sink.result
+        if stage.after is not None:
+            stage.after(job)
         return ds
     kwargs = stage.args(job)
     resources = ray_args(stage, job)
@@ -190,9 +194,9 @@ def apply(stage: Stage, ds: Any, job: Job) -> Any:
     )
 
 
-def dataset(stages_of_pass: list[Stage], job: Job, rows: list[dict[str, Any]]) -> Any:
+def dataset(stages_of_pass: list[Stage], job: Job, rows: Any) -> Any:
     """A pass's rows through its stages up to (not including) its write: a lazy Ray Dataset."""
-    ds = ray.data.from_items(rows)
+    ds = rows if isinstance(rows, ray.data.Dataset) else ray.data.from_items(rows)
     for stage in stages_of_pass:
         if stage.kind not in ("source", "write"):
             ds = apply(stage, ds, job)
@@ -209,7 +213,7 @@ def execute(stages: list[Stage], job: Job) -> Job:
         for stage in rest:
             if stage.setup is not None:
                 stage.setup(job)
-        if rows:
+        if isinstance(rows, ray.data.Dataset) or rows:  # a source may hand over a Ray Dataset
             ds = dataset(rest, job, rows)
             for stage in rest:
                 if stage.kind == "write":

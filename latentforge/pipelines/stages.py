@@ -3,7 +3,8 @@ says it. A pipeline is a plain list of stages (docs/architecture.md); `runtime.p
 list to a Ray Dataset and `plan` prints the same list, so the two cannot drift apart.
 
 Kinds, in Ray Data's words:
-- `source`   the driver makes the first rows of a pass (`read(job) -> list[dict]`); Ray: FromItems
+- `source`   the first rows of a pass: `read(job)` gives a list (made on the driver; Ray:
+             FromItems) or a Ray Dataset (read on the cluster, e.g. ReadParquet)
 - `map`      one row in, one row out, as tasks;                     Ray: Map(<op>)
 - `flat_map` one row in, any number out, as tasks;                  Ray: FlatMap(<op>)
 - `batches`  a function over a numpy batch, as tasks;               Ray: MapBatches(<op>)
@@ -68,7 +69,9 @@ class Stage:
     `num_gpus` and `memory` (where it has them and they are set) override it, and for `actors`
     the pool's `min_actors`, `max_actors` and `batch_size`. `node_threads`: a CPU-only actor
     sets torch's threads from its node's CPUs (it gets `cpu_actors_per_node`). A `source` reads
-    the rows of its pass on the driver (`read`) and names the pass (`phase`, in run.json).
+    the rows of its pass (`read`), names the pass (`phase`, in run.json), and when it hands over
+    a Ray Dataset, names the operators Ray runs for it (`operators`). `after(job)` runs on the
+    driver once a `write` has finished (an index over what the pass wrote).
     """
 
     name: str
@@ -82,8 +85,10 @@ class Stage:
     config: str | None = None
     batch_size: Callable[[Job], int | None] | None = None
     node_threads: bool = False
-    read: Callable[[Job], list[dict[str, Any]]] | None = None
+    read: Callable[[Job], Any] | None = None
     phase: str | None = None
+    operators: tuple[str, ...] = ()
+    after: Callable[[Job], None] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -94,6 +99,8 @@ class Stage:
     @property
     def ray_name(self) -> str:
         """The operator name Ray Data gives this stage in its stats and progress bars."""
+        if self.operators:
+            return " + ".join(self.operators)
         if self.kind == "source":
             return "FromItems"
         if self.kind == "write":
