@@ -133,7 +133,7 @@ def executed_operators(monkeypatch):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("pipeline", ["split", "caption", "all"])
+@pytest.mark.parametrize("pipeline", ["split", "caption", "all", "precompute+export"])
 def test_plan_names_every_operator_that_run_executes(tmp_path, ray_local, tiny_home, executed_operators, pipeline):
     from latentforge.pipelines import plan, run
 
@@ -141,14 +141,15 @@ def test_plan_names_every_operator_that_run_executes(tmp_path, ray_local, tiny_h
     make_image(tmp_path / "still.png", 80, 64)
     rows = [{"media_path": "cuts.mp4", "caption": None}, {"media_path": "still.png", "caption": "A still."}]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    export = ["export=[fastvideo]"] if pipeline.endswith("+export") else []
     cfg = load_config(
         None,
-        CAPTIONER + ["split.min_scene_len=4"],
+        CAPTIONER + ["split.min_scene_len=4"] + export,
         input=str(tmp_path / "data.jsonl"),
         output=str(tmp_path / "out"),
         model="tiny",
         buckets=BUCKETS,
-        pipeline=pipeline,
+        pipeline=pipeline.removesuffix("+export"),
     )
     planned = [op for s in plan(cfg) for op in s.runs_as.split(" + ")]
     run(cfg)
