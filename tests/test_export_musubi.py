@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from latentforge.buckets import parse_bucket
 from latentforge.formats.export.base import ExportContext, ExportError, ExportSample
-from latentforge.formats.export.musubi import MusubiExporter, item_key
+from latentforge.formats.export.base import item_name as item_key
+from latentforge.formats.export.musubi import MusubiExporter
 from latentforge.formats.tensors import to_columns
 
 DIM, CLIP_DIM = 24, 12

@@ -5,10 +5,13 @@ each file atomically and skips files that exist (resume)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Mapping
 
 from latentforge.buckets import Bucket, parse_bucket
+from latentforge.formats.tensors import from_columns
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,17 @@ class ExportSample:
         return parse_bucket(str(self.latent["bucket"]))
 
 
+def item_name(sample: "ExportSample") -> str:
+    """`<media stem>-<sample_id>`: the stem (characters outside [A-Za-z0-9-] become '-', at most
+    60) for readability, the sample_id (hash of uri + span + bucket [+ fps]) for uniqueness. No
+    dots, '_' or glob characters, so trainers that glob, split names on '_' or take a stem with
+    `splitext` read it back whole."""
+    uri = str(sample.latent.get("uri") or "")
+    stem = PurePosixPath(uri.split("?", 1)[0]).stem if uri else ""
+    stem = re.sub(r"[^A-Za-z0-9-]+", "-", stem).strip("-")[:60] or "sample"
+    return f"{stem}-{sample.sample_id}"
+
+
 class Exporter:
     """A trainer layout. Subclasses set `name`, `families`, and implement `files`; per-sample
     layouts also implement `paths` so that a rerun skips a sample before building its files."""
@@ -59,6 +73,27 @@ class Exporter:
         """The files (relative to the export root) this sample becomes, when that is known
         without building them; None for layouts that pack several samples per file."""
         return None
+
+    def checked(self, sample: ExportSample, ctx: ExportContext) -> str:
+        """Refuse a sample the trainer cannot read (its bucket, a missing embedding); returns how
+        to name it in an error message."""
+        where = f"sample {sample.sample_id} ({sample.latent.get('uri')})"
+        problem = self.bucket_problem(sample.bucket, ctx)
+        if problem:
+            raise ExportError(f"{self.name} export: {where}: {problem}")
+        if self.needs_embeddings and sample.embedding is None:
+            raise ExportError(f"{self.name} export: {where}: no text embedding for its caption")
+        return where
+
+    def latent(self, sample: ExportSample, where: str, channels: int, spatial: int, temporal: int) -> Any:
+        """The sample's latent tensor, refused unless it has the shape the trainer's VAE gives
+        its bucket: [channels, (F - 1) / temporal + 1, H / spatial, W / spatial]."""
+        latent = from_columns(sample.latent, "latent")
+        b = sample.bucket
+        expected = [channels, (b.frames - 1) // temporal + 1, b.height // spatial, b.width // spatial]
+        if list(latent.shape) != expected:
+            raise ExportError(f"{self.name} export: {where}: latent shape {list(latent.shape)}, expected {expected} for bucket {b}")
+        return latent
 
     def exported_ids(self, fs: Any, root: str) -> set[str]:
         """Sample ids already in files under `root`, for layouts that pack several samples per

@@ -18,15 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import re
 from typing import Any
-from pathlib import PurePosixPath
 
-import torch
 from safetensors.torch import save
 
 from latentforge.buckets import Bucket
-from latentforge.formats.export.base import ExportContext, ExportError, Exporter, ExportSample
+from latentforge.formats.export.base import ExportContext, ExportError, Exporter, ExportSample, item_name
 from latentforge.formats.tensors import DTYPES, from_columns
 
 REPO = "THUDM/CogVideo"
@@ -34,16 +31,6 @@ COMMIT = "e519eced782c08db81f45e5eb40baa45958087ae"
 MAX_TEXT_SEQ_LENGTH = 226  # CogVideoXTransformer3DModel.config.max_text_seq_length (all CogVideoX models)
 FIVE_B_MODEL_NAMES = ("cogvideox-5b-i2v", "cogvideox-5b-t2v")  # finetune/schemas/args.py validator
 LATENT_CHANNELS, SPATIAL, TEMPORAL = 16, 8, 4
-
-
-def item_name(sample: ExportSample) -> str:
-    """`<media stem>-<sample_id>`: the stem (characters outside [A-Za-z0-9-] become '-', at most
-    60 of them) for readability, the sample_id (hash of uri + span + bucket [+ fps]) for
-    uniqueness. Deterministic, and free of dots so `Path(name + ".mp4").stem == name`."""
-    uri = str(sample.latent.get("uri") or "")
-    stem = PurePosixPath(uri.split("?", 1)[0]).stem if uri else ""
-    stem = re.sub(r"[^A-Za-z0-9-]+", "-", stem).strip("-")[:60] or "sample"
-    return f"{stem}-{sample.sample_id}"
 
 
 def prompt_hash(prompt: str) -> str:
@@ -109,13 +96,8 @@ class CogVideoXExporter(Exporter):
         written_prompts: set[str] = set()
         for sample in samples:
             caption = str(sample.latent.get("caption") or "")
-            where = f"sample {sample.sample_id} ({sample.latent.get('uri')})"
-            problem = self.bucket_problem(sample.bucket, ctx)
-            if problem:
-                raise ExportError(f"cogvideox export: {where}: {problem}")
-            if sample.embedding is None:
-                raise ExportError(f"cogvideox export: {where}: no text embedding for its caption")
-            latent = self._latent(sample, where)
+            where = self.checked(sample, ctx)
+            latent = self.latent(sample, where, LATENT_CHANNELS, SPATIAL, TEMPORAL)
             embedding = from_columns(sample.embedding, "embedding")
             if embedding.dim() != 2 or embedding.shape[0] != MAX_TEXT_SEQ_LENGTH:
                 raise ExportError(
@@ -152,18 +134,6 @@ class CogVideoXExporter(Exporter):
         fs.mv(prompts_tmp, posixpath.join(root, "prompt.txt"))
         fs.mv(videos_tmp, posixpath.join(root, "videos.txt"))
         return {"indexed": listed, "left_out_of_index": left_out}
-
-    @staticmethod
-    def _latent(sample: ExportSample, where: str) -> torch.Tensor:
-        latent = from_columns(sample.latent, "latent")
-        b = sample.bucket
-        expected = [LATENT_CHANNELS, (b.frames - 1) // TEMPORAL + 1, b.height // SPATIAL, b.width // SPATIAL]
-        if list(latent.shape) != expected:
-            raise ExportError(
-                f"cogvideox export: {where}: latent shape {list(latent.shape)}, expected {expected} for bucket {b}"
-            )
-        return latent
-
 
 def video_path(sample: ExportSample) -> str:
     """`videos/<item>.mp4`: an empty placeholder, listed in videos.txt. The trainer refuses to

@@ -17,15 +17,13 @@ merges both files' tensors under their key names with the dtype suffix (and a la
 from __future__ import annotations
 
 import json
-import re
 import struct
-from pathlib import PurePosixPath
 
 import torch
 from safetensors.torch import save
 
 from latentforge.buckets import Bucket
-from latentforge.formats.export.base import ExportContext, ExportError, Exporter, ExportSample
+from latentforge.formats.export.base import ExportContext, ExportError, Exporter, ExportSample, item_name
 from latentforge.formats.tensors import DTYPES, TORCH_TO_NAME, from_columns
 from latentforge.rows import has_value
 
@@ -41,17 +39,6 @@ ARCHITECTURES = {
     "wan2.1": ("wan", "wan", "bfloat16", "bfloat16"),  # wan_cache_latents.py vae_dtype; T5 config t5_dtype
     "hunyuanvideo": ("hv", "hunyuan_video", "float16", "float16"),  # cache_latents.py / cache_text_encoder_outputs.py
 }
-
-
-def item_key(sample: ExportSample) -> str:
-    """`<media stem>-<sample_id>`: the stem (characters outside [A-Za-z0-9-] become '-', at most
-    60) for readability, the sample_id (hash of uri + span + bucket [+ fps]) for uniqueness.
-    No glob characters (musubi globs the directory) and no dots (it takes `splitext` of item
-    keys); no '_' either, though its parser would cope (it joins all but the last 3 tokens)."""
-    uri = str(sample.latent.get("uri") or "")
-    stem = PurePosixPath(uri.split("?", 1)[0]).stem if uri else ""
-    stem = re.sub(r"[^A-Za-z0-9-]+", "-", stem).strip("-")[:60] or "sample"
-    return f"{stem}-{sample.sample_id}"
 
 
 def _start_frame(sample: ExportSample) -> int:
@@ -101,11 +88,11 @@ class MusubiExporter(Exporter):
 
     def latent_path(self, sample: ExportSample, arch: str) -> str:
         b = sample.bucket
-        return f"{item_key(sample)}_{_start_frame(sample):05d}-{b.frames:03d}_{b.width:04d}x{b.height:04d}_{arch}.safetensors"
+        return f"{item_name(sample)}_{_start_frame(sample):05d}-{b.frames:03d}_{b.width:04d}x{b.height:04d}_{arch}.safetensors"
 
     @staticmethod
     def text_path(sample: ExportSample, arch: str) -> str:
-        return f"{item_key(sample)}_{arch}_te.safetensors"
+        return f"{item_name(sample)}_{arch}_te.safetensors"
 
     def paths(self, sample: ExportSample, ctx: ExportContext) -> list[str] | None:
         arch = self._arch(ctx)[0]
@@ -118,13 +105,8 @@ class MusubiExporter(Exporter):
         norm = ctx.latent_metadata.get("vae_normalization") or {}
         out: list[tuple[str, bytes]] = []
         for sample in samples:
-            where = f"sample {sample.sample_id} ({sample.latent.get('uri')})"
-            problem = self.bucket_problem(sample.bucket, ctx)
-            if problem:
-                raise ExportError(f"musubi export: {where}: {problem}")
-            if sample.embedding is None:
-                raise ExportError(f"musubi export: {where}: no text embedding for its caption")
-            latent = self._latent(sample, where).float()
+            where = self.checked(sample, ctx)
+            latent = self.latent(sample, where, LATENT_CHANNELS, SPATIAL, TEMPORAL).float()
             if arch == "wan":
                 latent = self._wan_normalize(latent, norm)
             latent = latent.to(latent_dtype).contiguous()
@@ -147,15 +129,6 @@ class MusubiExporter(Exporter):
         return out
 
     # ---- tensors -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _latent(sample: ExportSample, where: str) -> torch.Tensor:
-        latent = from_columns(sample.latent, "latent")
-        b = sample.bucket
-        expected = [LATENT_CHANNELS, (b.frames - 1) // TEMPORAL + 1, b.height // SPATIAL, b.width // SPATIAL]
-        if list(latent.shape) != expected:
-            raise ExportError(f"musubi export: {where}: latent shape {list(latent.shape)}, expected {expected} for bucket {b}")
-        return latent
 
     @staticmethod
     def _wan_normalize(latent: torch.Tensor, norm: dict) -> torch.Tensor:
