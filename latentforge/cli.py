@@ -17,6 +17,7 @@ examples:
   latentforge run my.yaml --address ray://head:10001      # join a running Ray cluster
   latentforge plan my.yaml                                # show what would run
   latentforge export out/ --format ltx2 --to ltx2_data/   # a trainer's own layout from an output
+  latentforge cluster render --provider aws --out cluster.yaml   # then: ray up cluster.yaml (docs/cluster.md)
 
 config keys (YAML; any key can be overridden with --set a.b=c):
   input, output, model, buckets, pipeline, input_format, model_path, storage_options,
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(plan)
-    plan.add_argument("--gpus", action="store_true", help="show resources as on a cluster with GPUs")
+    plan.add_argument("--gpus", action="store_true", default=None, help="show resources as on a cluster with GPUs")
+    plan.add_argument("--address", help="join this Ray cluster (nothing is started) to show what `auto` pools resolve to there")
 
     export = sub.add_parser(
         "export",
@@ -95,7 +97,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. --set storage_options.endpoint_url=http://... or --set ray.num_cpus=4 (repeatable)",
     )
     export.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    _add_cluster_args(sub)
     return parser
+
+
+def _add_cluster_args(sub) -> None:
+    cluster = sub.add_parser("cluster", help="cluster configs shipped with latentforge (docs/cluster.md)")
+    render = cluster.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND").add_parser(
+        "render",
+        help="fill in the AWS (ray up) or KubeRay (kubectl apply) config and validate it",
+        description="Fill in a shipped cluster config (on-demand head without tasks, spot CPU workers, "
+        "spot GPU workers from zero) and validate it: the AWS config against Ray's cluster-config "
+        "schema, the KubeRay manifests for the fields the pipeline relies on. See docs/cluster.md.",
+    )
+    render.add_argument("--provider", required=True, help="aws (ray up) or kuberay (kubectl apply)")
+    render.add_argument("--kind", default="rayjob", help="kuberay: rayjob (one run, default) or raycluster (long-lived)")
+    render.add_argument("--name", help="cluster / resource name (default: latentforge)")
+    render.add_argument("--region", help="aws: region (default: us-west-2)")
+    render.add_argument("--gpu-instance-type", help="GPU workers' instance type (default: g6.xlarge)")
+    render.add_argument("--cpu-instance-type", help="CPU workers' instance type (aws default: m6i.4xlarge)")
+    render.add_argument("--head-instance-type", help="aws: the on-demand head's instance type (default: m6i.xlarge)")
+    render.add_argument("--max-gpu-workers", type=int, metavar="N", help="most GPU workers (default: 4)")
+    render.add_argument("--max-cpu-workers", type=int, metavar="N", help="most CPU workers (default: 8)")
+    render.add_argument("--idle-timeout-minutes", type=float, metavar="M", help="remove idle workers after M minutes (default: 5)")
+    render.add_argument("--image", help="container image (default: Ray's GPU image of the Ray installed here)")
+    render.add_argument("--package", help="pip spec installed on every node (default: latentforge; '' for none, when the image has it)")
+    render.add_argument("--pipeline-config", metavar="FILE", help="kuberay rayjob: add the ConfigMap holding this pipeline config")
+    render.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latentforge.cluster import render as r
+
+    names = ("provider", "kind", "name", "region", "gpu_instance_type", "cpu_instance_type", "head_instance_type",
+             "max_gpu_workers", "max_cpu_workers", "idle_timeout_minutes", "image", "package", "pipeline_config")
+    options = r.RenderOptions(**{n: getattr(args, n) for n in names})
+    try:
+        text = r.dump(r.render(options), options)
+    except r.RenderError as e:
+        print(f"latentforge: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out} ({options.provider}); checked: " + ("Ray's cluster-config schema and latentforge's checks" if options.provider == "aws" else "latentforge's KubeRay checks"), file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -117,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "export":
         return _export(args)
+    if args.command == "cluster":
+        return _cluster(args)
     from latentforge.config import ConfigError, load_config
 
     overrides = list(args.overrides)

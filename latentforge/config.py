@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,7 +31,10 @@ class ActorPool(_Section):
     """Size of an autoscaling actor pool for a model stage (ray.data.ActorPoolStrategy)."""
 
     min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(1, ge=1)
+    max_actors: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="a number, or auto: on GPU runs the pool grows with queued work up to what the cluster "
+        "has or its autoscaler can add; on CPU-only runs one actor per node (docs/cluster.md)",
+    )
     num_gpus: float = Field(1.0, ge=0, description="GPUs per actor when CUDA is present")
     batch_size: int = Field(4, ge=1, description="rows per actor call; same-shape rows of it share one model call")
 
@@ -52,9 +55,8 @@ class EncodeTextConfig(ActorPool):
     trigger_word: Optional[str] = Field(None, description="LoRA trigger word prepended to every caption")
     strip_openers: bool = Field(True, description="remove 'The video shows'-style openers")
     batch_size: int = Field(16, ge=1)
-    ltx2_stacked_hidden_states: bool = Field(False, description=(
-        "LTX-2: store encode_prompt's stacked Gemma hidden states [length, hidden x 49], 49x larger, instead of "
-        "the LTX-2 trainer's text features [length, 3840], under embeddings/encoder=<name without -features>"))
+    ltx2_stacked_hidden_states: bool = Field(False, description="LTX-2: store encode_prompt's stacked Gemma hidden "
+        "states (49x larger) instead of the trainer's text features, under embeddings/encoder=<name without -features>")
 
 
 class CaptionConfig(ActorPool):

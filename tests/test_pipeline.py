@@ -184,7 +184,8 @@ def test_prepare_runs_in_its_own_tasks_not_in_the_vae_actor(ray_local, tmp_path,
         assert "scheduling_strategy" not in args
     else:
         assert args == {"num_gpus": 0, "num_cpus": 1.0, "scheduling_strategy": "SPREAD"}
-        assert runtime.cpu_actors_per_node(cfg.encode_video.max_actors) == 1
+        assert runtime.pool_size(encode_video, job) == (1, 1)  # auto on one CPU node: one actor
+        assert runtime.cpu_actors_per_node(1) == 1
 
 
 def test_cpu_model_actors_compute_on_every_cpu_of_the_node(ray_local):

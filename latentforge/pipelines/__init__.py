@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import PipelineConfig, load_config
 from latentforge.pipelines import caption, export, precompute, runtime, split
 from latentforge.pipelines.caption import enabled as caption_enabled
@@ -40,7 +41,13 @@ PIPELINES: dict[str, Pipeline] = {
 
 
 def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
-    """The stages this config runs, with buckets, models and resources, without running them."""
+    """The stages this config runs, with buckets, models and resources, without running them.
+    With `ray.address` set it joins that cluster (nothing is started), so `auto` pool sizes and
+    GPUs are what the cluster has now."""
+    if cfg.ray.address:
+        connect(cfg.ray.address)
+        if use_gpus is None:
+            use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus
     return runtime.plan(PIPELINES[cfg.pipeline].stages, Job(cfg, bool(use_gpus)))
 
 

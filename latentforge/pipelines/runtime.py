@@ -78,9 +78,28 @@ def ray_args(stage: Stage, job: Job) -> dict[str, Any]:
     return args
 
 
-def pool_size(stage: Stage, cfg: PipelineConfig) -> tuple[int, int]:
-    section = getattr(cfg, stage.config)
-    return section.min_actors, section.max_actors
+def pool_size(stage: Stage, job: Job) -> tuple[int, int | None]:
+    """(min, max) actors of a pool; max None lets Ray Data's autoscaling actor pool grow.
+
+    `max_actors: auto` (the default): on GPU runs no cap, so the pool grows with queued work up to
+    what the cluster has or its autoscaler can add (spot GPU workers scaling from zero); on
+    CPU-only runs one actor per node with CPUs, each computing on all the node's cores
+    (`node_threads`). An explicit number always wins."""
+    section = getattr(job.cfg, stage.config)
+    low, high = section.min_actors, section.max_actors
+    if high != "auto":
+        return low, high
+    if job.use_gpus:
+        return low, None
+    return low, max(low, cpu_nodes())
+
+
+def cpu_nodes() -> int:
+    """Alive nodes with CPUs in the connected cluster (1 when Ray is not started: the embedded
+    local Ray is one node)."""
+    if not ray.is_initialized():
+        return 1
+    return max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0))
 
 
 def batch_size(stage: Stage, job: Job) -> int | None:
@@ -95,8 +114,7 @@ def cpu_actors_per_node(max_actors: int) -> int:
     """How many actors of one CPU-only model pool share a node: Ray Data spreads an actor pool
     over the nodes, so ceil(max_actors / nodes with CPUs). Nodes that join later only make this
     an overestimate (fewer threads, never oversubscription)."""
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-    return max(1, math.ceil(max_actors / max(1, nodes)))
+    return max(1, math.ceil(max_actors / cpu_nodes()))
 
 
 def describe_resources(stage: Stage, job: Job) -> str:
@@ -107,8 +125,12 @@ def describe_resources(stage: Stage, job: Job) -> str:
     if stage.kind != "actors":
         gpus = f", {args['num_gpus']:g} GPU" if args.get("num_gpus") else ""
         return f"{args['num_cpus']:g} CPU{gpus}/task"
-    low, high = pool_size(stage, job.cfg)
-    size = f"{low}..{high} actors" if low != high else f"{low} actor(s)"
+    low, high = pool_size(stage, job)
+    if high is None:
+        now = f"; the cluster has {ray.cluster_resources().get('GPU', 0):g} GPUs now" if ray.is_initialized() else ""
+        size = f"{low}..auto actors (grows with queued work up to what the cluster has or can add{now})"
+    else:
+        size = f"{low}..{high} actors" if low != high else f"{low} actor(s)"
     each = f"{args['num_gpus']:g} GPU each" if job.use_gpus and args["num_gpus"] else f"{args['num_cpus']:g} CPU each (no GPU)"
     return f"{size}, {each}, batch {batch_size(stage, job)}"
 
@@ -181,9 +203,9 @@ def apply(stage: Stage, ds: Any, job: Job) -> Any:
         return ds.flat_map(stage.op, fn_kwargs=kwargs, **resources)
     if stage.kind == "batches":
         return ds.map_batches(stage.op, fn_kwargs=kwargs, batch_size=batch_size(stage, job), batch_format="numpy", **resources)
-    low, high = pool_size(stage, job.cfg)
+    low, high = pool_size(stage, job)
     if stage.node_threads and not job.use_gpus:
-        kwargs["cpu_actors_per_node"] = cpu_actors_per_node(high)
+        kwargs["cpu_actors_per_node"] = cpu_actors_per_node(high or low)
     return ds.map_batches(
         stage.op,
         fn_constructor_kwargs=kwargs,
