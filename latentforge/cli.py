@@ -18,6 +18,7 @@ examples:
   latentforge plan my.yaml                                # show what would run
   latentforge export out/ --format ltx2 --to ltx2_data/   # a trainer's own layout from an output
   latentforge cluster render --provider aws --out cluster.yaml   # then: ray up cluster.yaml (docs/cluster.md)
+  latentforge submit my.yaml --address http://head:8265 --wait     # a Ray job on that cluster (docs/cluster.md)
 
 config keys (YAML; any key can be overridden with --set a.b=c):
   input, output, model, buckets, pipeline, input_format, model_path, storage_options,
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     _add_cluster_args(sub)
+    _add_job_args(sub)
     return parser
 
 
@@ -147,6 +149,76 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+JOB_COMMANDS = ("submit", "status", "logs", "stop")
+ADDRESS_HELP = "Ray job server (dashboard) URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS if http(s)://, else http://127.0.0.1:8265)"
+
+
+def _add_job_args(sub) -> None:
+    submit = sub.add_parser(
+        "submit",
+        help="run a config as a Ray job on a cluster (Ray Jobs API)",
+        description="Validate CONFIG here, then submit `latentforge run` as a Ray job: the config, with the --set "
+        "overrides applied and local paths made absolute, travels as latentforge.yaml in the job's working_dir "
+        "(never on the command line; nothing printed shows storage_options or --env values). The driver reserves "
+        "no GPU; with no --driver-cpus / --driver-resource Ray pins it to the head node. Prints the job id; "
+        "--wait streams the logs and exits 0 on SUCCEEDED, 1 on FAILED / STOPPED. See docs/cluster.md, "
+        "\"Submitting jobs\".",
+    )
+    _add_config_args(submit)
+    submit.add_argument("--address", help=ADDRESS_HELP)
+    submit.add_argument("--wait", action="store_true", help="stream the job's logs until it ends; exit 0 on SUCCEEDED, 1 otherwise")
+    submit.add_argument("--submission-id", metavar="ID", help="the job's id (default: Ray makes one); an id already used on the cluster is refused (exit 2)")
+    submit.add_argument("--ship-package", action="store_true", help="upload this latentforge package with the job (py_modules), for images without it or with another version")
+    submit.add_argument("--pip", action="append", default=[], metavar="SPEC", help="pip requirement installed for the job, e.g. --pip latentforge==0.1.0 (repeatable)")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]", help="environment variable for the driver and every worker of the job; KEY alone copies this shell's value (repeatable)")
+    submit.add_argument("--driver-cpus", type=float, default=0, metavar="N", help="CPUs reserved for the driver (default 0; >0 lets Ray place it on any node unless --driver-resource is given)")
+    submit.add_argument("--driver-resource", metavar="NAME", help="custom resource the head / on-demand nodes advertise (ray start --resources='{\"NAME\": 1}'); the driver asks for 0.001 of it, so it never lands on spot or GPU nodes")
+    for name, text in (("status", "show a submitted job's status"), ("logs", "print a job's logs"), ("stop", "stop a job and wait until Ray reports it STOPPED")):
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]} (Ray Jobs API). See docs/cluster.md.")
+        p.add_argument("job_id", metavar="JOB_ID", help="the submission id `latentforge submit` printed")
+        p.add_argument("--address", help=ADDRESS_HELP)
+        if name == "logs":
+            p.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from latentforge.cluster import jobs
+    from latentforge.config import ConfigError
+
+    try:
+        if args.command == "submit":
+            job_id = jobs.submit(
+                args.config, args.overrides, address=args.address, submission_id=args.submission_id,
+                ship_package=args.ship_package, pip=args.pip, env=args.env,
+                driver_cpus=args.driver_cpus, driver_resource=args.driver_resource,
+            )
+            print(f"submitted {job_id} to {jobs.resolve_address(args.address)}", flush=True)
+            if not args.wait:
+                print(f"follow it with: latentforge logs {job_id} --follow  (status, stop: latentforge status|stop {job_id})")
+                return 0
+        client = jobs.client(args.address)
+        job_id = getattr(args, "job_id", None) or job_id
+        if args.command == "status":
+            print("\n".join(jobs.describe(jobs.info(client, job_id))))
+        elif args.command == "logs" and not args.follow:
+            jobs.logs(client, job_id)
+        elif args.command == "stop":
+            was_running, status = jobs.stop(client, job_id)
+            print(f"{job_id}: {status}" + ("" if was_running else " (it was not running)"))
+        else:  # submit --wait, logs --follow
+            jobs.info(client, job_id)
+            status = jobs.follow(client, job_id)
+            print(f"{job_id}: {status}", file=sys.stderr)
+            return jobs.status_code(status) if args.command == "submit" else 0
+    except (ConfigError, jobs.JobError) as e:
+        print(f"latentforge: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nlatentforge: stopped watching; the job keeps running (latentforge stop {job_id} ends it)", file=sys.stderr)
+        return 130
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from latentforge.config import ConfigError
     from latentforge.pipelines import export_output
@@ -168,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "cluster":
         return _cluster(args)
+    if args.command in JOB_COMMANDS:
+        return _jobs(args)
     from latentforge.config import ConfigError, load_config
 
     overrides = list(args.overrides)

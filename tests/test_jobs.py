@@ -1,0 +1,287 @@
+"""`latentforge submit | status | logs | stop` against a real two-node Ray cluster of its own
+(`ray start` head with the job server, plus a worker node, all on 127.0.0.1), never the
+session's embedded Ray: a job runs the same `latentforge run` and writes a complete output, a
+reused submission id is refused with exit 2, a running job stops, and no credential is printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from latentforge.cluster import jobs
+from latentforge.config import ConfigError
+from latentforge.formats.shards import read_table
+from latentforge.sample_media import make_image, make_video
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "lf-test-secret-5f1d"  # a fake credential in storage_options: must never be printed
+# `ray start` turns --node-ip-address=127.0.0.1 into the machine's outward address, and refuses a
+# worker node when multi-node is "disabled"; these two patches keep every node on loopback.
+RAY_START = (
+    "import ray._private.ray_constants as c, ray._private.services as s; c.ENABLE_RAY_CLUSTER = True; "
+    "s.resolve_ip_for_localhost = lambda host: host; from ray.scripts.scripts import main; main()"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# without a cluster
+
+
+def test_shipped_config_applies_overrides_makes_paths_absolute_and_drops_the_address(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("cfg.yaml").write_text("input: data/in.jsonl\noutput: out\nmodel: tiny\nbuckets: 64x64x9\nray:\n  address: ray://h:10001\n")
+    data = jobs.shipped_config("cfg.yaml", ["encode_video.batch_size=2", "output=s3://b/p", "storage_options.key=K"])
+    assert data["input"] == str(tmp_path / "data" / "in.jsonl")
+    assert data["output"] == "s3://b/p" and data["encode_video"] == {"batch_size": 2}
+    assert data["storage_options"] == {"key": "K"} and "address" not in data["ray"]
+    assert "caption" not in data  # only what was set: the cluster's latentforge fills in defaults
+    with pytest.raises(ConfigError):
+        jobs.shipped_config("cfg.yaml", ["buckets=65x64x9"])
+
+
+def test_driver_resources_and_addresses(monkeypatch):
+    assert jobs.driver_resources() == {"entrypoint_num_cpus": 0, "entrypoint_num_gpus": 0, "entrypoint_resources": None}
+    assert jobs.driver_resources(1, "latentforge_driver")["entrypoint_resources"] == {"latentforge_driver": 0.001}
+    for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert jobs.resolve_address() == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # for `run`, not the job server
+    assert jobs.resolve_address() == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    assert jobs.resolve_address() == "http://head:8265"
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "api:8265")
+    assert jobs.resolve_address() == "http://api:8265"
+    assert jobs.resolve_address("https://x") == "https://x"
+    assert jobs.env_vars(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
+
+
+def test_an_id_ray_refuses_at_submission_is_a_job_error(tmp_path, monkeypatch):
+    """The pre-check can race another submit; Ray's own refusal reads the same."""
+
+    class Refusing:
+        def get_job_info(self, job_id):
+            raise RuntimeError(f"Request failed with status code 404: Job {job_id} does not exist.")
+
+        def submit_job(self, **kwargs):
+            assert Path(kwargs["runtime_env"]["working_dir"], jobs.CONFIG_NAME).is_file()
+            assert kwargs["entrypoint_num_gpus"] == 0 and kwargs["entrypoint"] == jobs.ENTRYPOINT
+            raise RuntimeError("Request failed with status code 500: ValueError: Job with submission_id x already exists.")
+
+    monkeypatch.setattr(jobs, "client", lambda address=None: Refusing())
+    cfg = _config(tmp_path, _dataset(tmp_path / "data"))
+    with pytest.raises(jobs.JobError, match="submission id 'x' is already used"):
+        jobs.submit(str(cfg), [], submission_id="x")
+
+
+def test_unreachable_job_server_is_one_line_exit_2(tmp_path):
+    cfg = _config(tmp_path, _dataset(tmp_path / "data"))
+    result = _cli(["submit", str(cfg), "--address", f"http://127.0.0.1:{_free_port()}"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("latentforge: cannot reach the Ray job server") and result.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# a real cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _agent_ports() -> list[str]:
+    return [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
+
+
+def _cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    return {**env, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+
+
+def _cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "latentforge.cli", *args], cwd=cwd, env=_cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node (2 CPUs, job server on a free port) and a worker node (1 CPU), started as
+    processes of their own under a private --temp-dir, and killed by PID at the end: `ray stop`
+    would also end every other Ray on this machine."""
+    temp_dir = tempfile.mkdtemp(prefix="lfj", dir="/tmp")  # short: Ray's socket paths have a length limit
+    (Path(temp_dir) / "blocked").write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    # The job must get LATENTFORGE_HOME from `submit --env`: here it points below a file, unusable.
+    env["LATENTFORGE_HOME"] = str(Path(temp_dir) / "blocked" / "home")
+    gcs, dashboard = _free_port(), _free_port()
+    common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    head = [
+        "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}", f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}",
+    ]
+    procs = []
+    # The worker node gets a temp dir of its own: nodes sharing one would share runtime_resources/,
+    # and one node's runtime env agent would delete the job's working_dir under the other's driver.
+    worker = [f"--address=127.0.0.1:{gcs}", "--num-cpus=1", f"--temp-dir={temp_dir}/w"]
+    for name, args in (("head", head), ("worker", worker)):
+        log = open(Path(temp_dir) / f"{name}.log", "w")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", RAY_START, "start", *args, *common, *_agent_ports()],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for_nodes(address, 2, procs, temp_dir)
+        yield address
+    finally:
+        _kill(procs, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_nodes(address: str, count: int, procs: list[subprocess.Popen], temp_dir: str, timeout_s: float = 120) -> None:
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if len([n for n in list_nodes(address=address, raise_on_missing_output=False) if n.state == "ALIVE"]) >= count:
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            logs = "\n".join((Path(temp_dir) / f"{n}.log").read_text()[-2000:] for n in ("head", "worker"))
+            raise RuntimeError(f"the test cluster did not come up:\n{logs}")
+        time.sleep(0.5)
+
+
+def _kill(procs: list[subprocess.Popen], temp_dir: str) -> None:
+    """Every process our two `ray start`s started (GCS, raylets, dashboard, workers), by PID:
+    their descendants, and any process left behind that names our --temp-dir."""
+    found = []
+    for p in procs:
+        try:
+            root = psutil.Process(p.pid)
+            found += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc not in found and any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
+            found.append(proc)
+    for proc in reversed(found):
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(found, timeout=10)
+    for p in procs:
+        p.wait(timeout=10)
+
+
+def _dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    make_video(folder / "wide.mp4", 128, 64, 12, 24)
+    make_video(folder / "square.mp4", 64, 64, 12, 24)
+    make_image(folder / "still.png", 80, 80)
+    rows = [
+        {"media_path": "wide.mp4", "caption": "A wide shot of a bouncing square."},
+        {"media_path": "square.mp4", "caption": "A square clip."},
+        {"media_path": "still.png", "caption": "A still image."},
+    ]
+    (folder / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "dataset.jsonl"
+
+
+def _config(folder: Path, manifest: Path, output: str = "out") -> Path:
+    cfg = {
+        "input": os.path.relpath(manifest, folder),  # relative: `submit` makes it absolute from its cwd
+        "output": output,
+        "model": "tiny",
+        "buckets": "64x64x9;64x64x1",
+        "storage_options": {"secret": SECRET},
+    }
+    (folder / "job.yaml").write_text(yaml.safe_dump(cfg))
+    return folder / "job.yaml"
+
+
+@pytest.fixture(scope="module")
+def finished(cluster, tmp_path_factory):
+    """`latentforge submit --wait` of a three-input dataset, with LATENTFORGE_HOME carried by --env."""
+    from latentforge.models import model_root
+
+    model_root("tiny")  # built once here, in the session's LATENTFORGE_HOME, which the job reads
+    folder = tmp_path_factory.mktemp("job")
+    cfg = _config(folder, _dataset(folder / "data"))
+    started = time.monotonic()
+    result = _cli(
+        ["submit", cfg.name, "--address", cluster, "--wait", "--submission-id", "lf-job-ok", "--ship-package",
+         "--env", "LATENTFORGE_HOME", "--set", "encode_video.batch_size=2"],
+        folder,
+    )
+    return folder, result, time.monotonic() - started
+
+
+
+@pytest.mark.ray
+def test_submit_wait_runs_latentforge_run_as_a_job(finished):
+    folder, result, seconds = finished
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.startswith("submitted lf-job-ok to http://127.0.0.1:")
+    assert '"latents_written": 3' in result.stdout  # the job's own `latentforge run` summary, streamed
+    assert "lf-job-ok: SUCCEEDED" in result.stderr
+    latents = read_table(str(folder / "out"), "latents").to_pylist()
+    assert len(latents) == 3 and {r["num_frames"] for r in latents} == {9, 1}
+    run = json.loads((folder / "out" / "run.json").read_text())
+    assert run["counts"]["latents_written"] == 3 and run["counts"]["errors"] == 0
+    assert run["config"]["storage_options"] == {"secret": "***"}
+    assert SECRET not in result.stdout + result.stderr
+    assert seconds < 150
+
+
+@pytest.mark.ray
+def test_status_logs_and_a_reused_submission_id(cluster, finished):
+    folder, _, _ = finished
+    status = _cli(["status", "lf-job-ok", "--address", cluster], folder)
+    assert status.returncode == 0, status.stderr
+    assert "status:     SUCCEEDED" in status.stdout and f"output:     {folder / 'out'}" in status.stdout
+    assert "entrypoint: python -m latentforge.cli run latentforge.yaml" in status.stdout
+    logs = _cli(["logs", "lf-job-ok", "--address", cluster], folder)
+    assert logs.returncode == 0 and '"latents_written": 3' in logs.stdout
+    for out in (status, logs):
+        assert SECRET not in out.stdout + out.stderr
+    again = _cli(["submit", "job.yaml", "--address", cluster, "--submission-id", "lf-job-ok"], folder)
+    assert again.returncode == 2
+    assert again.stderr.startswith("latentforge: submission id 'lf-job-ok' is already used") and again.stderr.count("\n") == 1
+    missing = _cli(["status", "no-such-job", "--address", cluster], folder)
+    assert missing.returncode == 2 and "no job 'no-such-job'" in missing.stderr
+
+
+@pytest.mark.ray
+def test_stop_a_running_job(cluster, finished, tmp_path):
+    folder, _, _ = finished
+    submitted = _cli(["submit", "job.yaml", "--address", cluster, "--submission-id", "lf-job-stop", "--ship-package",
+                      "--env", "LATENTFORGE_HOME", "--set", f"output={tmp_path / 'out'}"], folder)
+    assert submitted.returncode == 0, submitted.stderr
+    client = jobs.client(cluster)
+    deadline = time.monotonic() + 60
+    while client.get_job_status("lf-job-stop").value not in ("RUNNING", *jobs.TERMINAL) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.get_job_status("lf-job-stop").value == "RUNNING"
+    stopped = _cli(["stop", "lf-job-stop", "--address", cluster], folder)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.strip() == "lf-job-stop: STOPPED"
+    assert "status:     STOPPED" in _cli(["status", "lf-job-stop", "--address", cluster], folder).stdout
+    assert not (tmp_path / "out" / "run.json").exists()
