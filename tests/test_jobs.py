@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import yaml
@@ -285,3 +286,124 @@ def test_stop_a_running_job(cluster, finished, tmp_path):
     assert stopped.stdout.strip() == "lf-job-stop: STOPPED"
     assert "status:     STOPPED" in _cli(["status", "lf-job-stop", "--address", cluster], folder).stdout
     assert not (tmp_path / "out" / "run.json").exists()
+
+
+S3_KEY_ID = "lf-test-key-id-93c2"  # fake credentials the job gets through --env: never printed
+S3_SECRET = "lf-test-s3-secret-7a4e"
+
+
+def _local_ray(cluster: str):
+    """The in-process Ray for the local run: the session's if this process has one, else an
+    embedded one started here (address="local": never RAY_ADDRESS, nor the last `ray start`'s
+    address file). Either way it is not the test cluster. Returns whether it started one."""
+    import ray
+    from ray.data import DataContext
+    from ray.util.state import list_nodes
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        DataContext.get_current().enable_progress_bars = False
+    cluster_nodes = {n.node_id for n in list_nodes(address=cluster, raise_on_missing_output=False)}
+    assert ray.get_runtime_context().get_node_id() not in cluster_nodes
+    return started
+
+
+@pytest.mark.ray
+def test_s3_end_to_end_through_submit_equals_a_local_run(cluster, s3_endpoint, tmp_path, monkeypatch):
+    """Raw media and manifest in one bucket on moto's S3 server, shards to another: a job
+    (credentials through --env, the endpoint in storage_options) writes what an in-process run
+    of the same config writes, and neither the credentials nor the config is printed."""
+    import s3fs
+
+    from latentforge.config import load_config
+    from latentforge.models import model_root
+    from latentforge.pipelines import run
+
+    model_root("tiny")  # the job reads the session's LATENTFORGE_HOME (--env), as `finished` does
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the local run must not join the test cluster
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    fs.mkdir("lf-job-raw")
+    fs.mkdir("lf-job-shards")
+    manifest = _dataset(tmp_path / "data")
+    for name in ("wide.mp4", "square.mp4", "still.png"):
+        fs.put(str(manifest.parent / name), f"lf-job-raw/set/media/{name}")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    fs.pipe(
+        "lf-job-raw/set/dataset.jsonl",
+        "".join(json.dumps({**r, "media_path": f"media/{r['media_path']}"}) + "\n" for r in rows).encode(),
+    )
+    # Byte-equal latents need the same float arithmetic in both runs: torch's CPU kernels round
+    # differently with another thread count or batch shape (~1e-7), and a model actor computes on
+    # its node's CPUs / actors per node (docs/benchmarks.md), i.e. 2 or 1 threads on this cluster
+    # by placement. Four actors per pool make every actor one-threaded in both runs (2 // 2 and
+    # 1 // 2 on the cluster's nodes, 2 // 4 locally), and batches of one fix the shapes.
+    pools = {"max_actors": 4, "batch_size": 1}
+    cfg_file = tmp_path / "s3.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "input": "s3://lf-job-raw/set/dataset.jsonl",
+        "output": "s3://lf-job-shards/out",
+        "model": "tiny",
+        "buckets": "64x64x9;64x64x1",
+        "encode_video": pools,
+        "encode_text": pools,
+        "storage_options": options,
+    }))
+
+    started = time.monotonic()
+    result = _cli(
+        ["submit", cfg_file.name, "--address", cluster, "--wait", "--submission-id", "lf-job-s3", "--ship-package",
+         "--env", "LATENTFORGE_HOME", "--env", "AWS_ACCESS_KEY_ID", "--env", "AWS_SECRET_ACCESS_KEY",
+         "--env", "AWS_DEFAULT_REGION=us-east-1"],
+        tmp_path,
+    )
+    job_seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert '"latents_written": 3' in result.stdout and "lf-job-s3: SUCCEEDED" in result.stderr
+    printed = [result.stdout + result.stderr]
+    for command in ("status", "logs"):
+        out = _cli([command, "lf-job-s3", "--address", cluster], tmp_path)
+        assert out.returncode == 0, out.stderr
+        printed.append(out.stdout + out.stderr)
+    assert "output:     s3://lf-job-shards/out" in printed[1]
+    run_json = fs.cat("lf-job-shards/out/run.json").decode()
+    assert json.loads(run_json)["counts"]["latents_written"] == 3
+    for text in (*printed, run_json):
+        assert S3_KEY_ID not in text and S3_SECRET not in text
+
+    # The same config run in this process, to another prefix of the same bucket.
+    started_here = _local_ray(cluster)
+    try:
+        cfg = load_config(str(cfg_file), ["output=s3://lf-job-shards/local"])
+        summary = run(cfg)
+    finally:
+        if started_here:
+            import ray
+
+            ray.shutdown()
+    assert summary["counts"]["latents_written"] == 3 and summary["counts"]["errors"] == 0
+
+    def table(output: str, name: str, key: str) -> dict[str, dict]:
+        rows = read_table(output, name, storage_options=options).to_pylist()
+        assert len({r[key] for r in rows}) == len(rows)
+        return {r[key]: r for r in rows}
+
+    job_latents, local_latents = (table(f"s3://lf-job-shards/{p}", "latents", "sample_id") for p in ("out", "local"))
+    assert len(job_latents) == 3 and job_latents.keys() == local_latents.keys()
+    assert {r["uri"] for r in job_latents.values()} == {f"s3://lf-job-raw/set/media/{n}" for n in ("wide.mp4", "square.mp4", "still.png")}
+    for sample_id, row in job_latents.items():
+        other = local_latents[sample_id]
+        for column in ("bucket", "num_frames", "caption_id", "latent_shape", "latent_dtype"):
+            assert row[column] == other[column], (sample_id, column)
+        if row["latent_bytes"] != other["latent_bytes"]:
+            a, b = (np.frombuffer(r["latent_bytes"], dtype=row["latent_dtype"]) for r in (row, other))
+            pytest.fail(f"{row['uri']}: latents differ in {int((a != b).sum())} of {a.size} values, by up to {float(np.abs(a - b).max()):.3g}")
+    job_embeddings, local_embeddings = (table(f"s3://lf-job-shards/{p}", "embeddings", "caption_id") for p in ("out", "local"))
+    assert len(job_embeddings) == 3 and job_embeddings.keys() == local_embeddings.keys()
+    for caption_id, row in job_embeddings.items():
+        for column in ("embedding_shape", "embedding_dtype", "embedding_bytes"):
+            assert row[column] == local_embeddings[caption_id][column], (caption_id, column)
+    assert job_seconds < 150
