@@ -377,7 +377,12 @@ def test_s3_end_to_end_through_submit_equals_a_local_run(cluster, s3_endpoint, t
     # The same config run in this process, to another prefix of the same bucket.
     started_here = _local_ray(cluster)
     try:
-        cfg = load_config(str(cfg_file), ["output=s3://lf-job-shards/local"])
+        # the session's Ray may already run, with workers started before the credentials were set
+        # in this process's environment: give them to the local run as storage options
+        cfg = load_config(
+            str(cfg_file),
+            ["output=s3://lf-job-shards/local", f"storage_options.key={S3_KEY_ID}", f"storage_options.secret={S3_SECRET}"],
+        )
         summary = run(cfg)
     finally:
         if started_here:
