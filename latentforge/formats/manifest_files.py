@@ -165,6 +165,11 @@ def caption_sibling(path: str) -> str:
     return posixpath.splitext(path)[0] + ".txt"
 
 
+def with_extension(files: list[str], ext: str) -> list[str]:
+    """The files among `files` whose name ends with `ext` (any case), in their order."""
+    return [f for f in files if f.lower().endswith(ext)]
+
+
 def parent_url(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[0]
 

@@ -26,6 +26,7 @@ from latentforge.formats.manifest_files import (
     parent_url,
     read_lines,
     read_table,
+    with_extension,
 )
 from latentforge.rows import error_row
 from latentforge.storage import join, resolve, to_url
@@ -166,6 +167,19 @@ READERS = {
 
 # ---------------------------------------------------------------------------------------------
 # Rows
+
+
+def read_each(fs: fsspec.AbstractFileSystem, plan: Plan, extension: str, read_one: Any, what: str) -> list[dict[str, Any]]:
+    """A folder plan read file by file: every file with `extension` under it, in sorted order,
+    each through `read_one(fs, path, url)` (which turns a bad file into an error row)."""
+    files = plan.files if plan.files is not None else list_files(fs, plan.path)
+    found = with_extension(files, extension)
+    if not found:
+        raise ManifestError(f"{plan.url}: no {extension} {what}")
+    rows: list[dict[str, Any]] = []
+    for path in found:
+        rows.extend(read_one(fs, path, to_url(fs, path)))
+    return rows
 
 
 def from_record(record: Any, base: str, media_column: str, caption_column: str, *, caption_required: bool) -> dict[str, Any]:

@@ -31,8 +31,9 @@ from latentforge.formats.manifest_files import (
     list_files,
     parent_url,
     read_table,
+    with_extension,
 )
-from latentforge.formats.manifest_readers import LTX_MEDIA_COLUMNS, STAGE, Plan, from_record, make_row
+from latentforge.formats.manifest_readers import LTX_MEDIA_COLUMNS, STAGE, Plan, from_record, make_row, read_each
 from latentforge.rows import error_row
 from latentforge.storage import to_url
 
@@ -102,21 +103,14 @@ def read_metadata_file(
 
 
 def parquet_files(files: list[str]) -> list[str]:
-    return [f for f in files if f.lower().endswith(PARQUET_EXTENSION)]
+    return with_extension(files, PARQUET_EXTENSION)
 
 
 def read_parquet(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]:
     if not plan.is_dir:
         table = plan.table or read_table(fs, plan.path, plan.url)
         return _parquet_rows(table, plan.url)
-    files = plan.files if plan.files is not None else list_files(fs, plan.path)
-    found = parquet_files(files)
-    if not found:
-        raise ManifestError(f"{plan.url}: no {PARQUET_EXTENSION} files")
-    rows: list[dict[str, Any]] = []
-    for f in found:
-        rows.extend(read_parquet_file(fs, f, to_url(fs, f)))
-    return rows
+    return read_each(fs, plan, PARQUET_EXTENSION, read_parquet_file, "files")
 
 
 def read_parquet_file(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[dict[str, Any]]:

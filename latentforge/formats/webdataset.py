@@ -35,8 +35,8 @@ from typing import Any
 
 import fsspec
 
-from latentforge.formats.manifest_files import ManifestError, list_files, media_type_of
-from latentforge.formats.manifest_readers import STAGE, Plan, make_row
+from latentforge.formats.manifest_files import ManifestError, media_type_of, with_extension
+from latentforge.formats.manifest_readers import STAGE, Plan, make_row, read_each
 from latentforge.rows import error_row
 from latentforge.storage import normalize_member, tar_index, tar_member_url, to_url
 
@@ -47,22 +47,14 @@ JSON_CAPTION_FIELDS = ("caption", "text", "prompt", "txt", "captions", "prompts"
 
 def shard_files(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[str]:
     """The tar shards among listed files (sorted, as `list_files` gives them)."""
-    return [f for f in files if f.lower().endswith(SHARD_EXTENSION)]
+    return with_extension(files, SHARD_EXTENSION)
 
 
 def read_webdataset(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]:
     """Every shard of the plan (a folder of .tar files, or one .tar), in sorted order."""
     if plan.is_dir:
-        files = plan.files if plan.files is not None else list_files(fs, plan.path)
-        shards = shard_files(fs, files)
-        if not shards:
-            raise ManifestError(f"{plan.url}: no {SHARD_EXTENSION} shards for webdataset")
-    else:
-        shards = [plan.path]
-    rows: list[dict[str, Any]] = []
-    for shard in shards:
-        rows.extend(read_shard(fs, shard, to_url(fs, shard)))
-    return rows
+        return read_each(fs, plan, SHARD_EXTENSION, read_shard, "shards for webdataset")
+    return read_shard(fs, plan.path, to_url(fs, plan.path))
 
 
 def read_shard(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from latentforge.cluster import cluster_has_gpus, connect
-from latentforge.config import PipelineConfig, load_config
+from latentforge.config import PipelineConfig, apply_overrides, load_config
 from latentforge.pipelines import caption, export, precompute, runtime, split
 from latentforge.pipelines.caption import enabled as caption_enabled
 from latentforge.pipelines.caption_settings import preflight as caption_preflight
@@ -86,4 +86,4 @@ def export_output(output: str, formats: list[str], to: str | None = None, overri
 
 def _storage_options(overrides: list[str] | None) -> dict[str, Any]:
     """storage_options from --set overrides alone (the shards must be read to know the model)."""
-    return load_config(None, list(overrides or []), input=".", output=".", model="tiny").storage_options
+    return apply_overrides({}, list(overrides or [])).get("storage_options") or {}

@@ -26,6 +26,7 @@ from latentforge.buckets import parse_bucket
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.export.base import ExportContext, ExportSample
 from latentforge.formats.export.registry import EXPORTERS
+from latentforge.formats.manifest_files import parent_url
 from latentforge.formats.shards import EMBEDDINGS, LATENTS, shard_paths
 from latentforge.models import get_preset, text_encoder_name
 from latentforge.pipelines.sinks import RowSink
@@ -47,7 +48,8 @@ DEFAULT_BATCH = 16
 
 
 def _metadata(fs: Any, path: str) -> dict[str, Any]:
-    schema = pq.read_schema(fs.open(path, "rb"))
+    with fs.open(path, "rb") as f:
+        schema = pq.read_schema(f)
     raw = (schema.metadata or {}).get(b"latentforge")
     return json.loads(raw) if raw else {}
 
@@ -95,7 +97,7 @@ def _input_folder(source: str) -> str:
     """The folder media paths are relative to: a manifest's folder, or the input folder itself."""
     source = str(source)
     if source.lower().endswith((".json", ".jsonl", ".csv", ".txt", ".parquet")):
-        source = source.rsplit("/", 1)[0] if "/" in source else "."
+        source = parent_url(source) if "/" in source else "."
     return source.rstrip("/")
 
 
@@ -135,6 +137,7 @@ def export_batch(
         exporter = EXPORTERS[name]
         fs, root = get_fs(roots[name], storage_options)
         ready = [s for s in samples if s.embedding is not None or not exporter.needs_embeddings]
+        ready_ids = {s.sample_id for s in ready}
         todo, existing = [], set()
         for s in ready:
             paths = exporter.paths(s, ctx)
@@ -149,7 +152,7 @@ def export_batch(
         written = {s.sample_id for s in todo}
         out[f"_exported_{name}"] = [s.sample_id in written for s in samples]
         out[f"_existing_{name}"] = [s.sample_id in existing for s in samples]
-        out[f"_no_embedding_{name}"] = [s not in ready for s in samples]
+        out[f"_no_embedding_{name}"] = [s.sample_id not in ready_ids for s in samples]
     out["_seconds_export"] = [(time.perf_counter() - t0) / max(n, 1)] * n
     return out
 
