@@ -112,7 +112,8 @@ def _logical_operators(ds) -> list[str]:
     with contextlib.redirect_stdout(buf):
         ds.explain()
     logical = buf.getvalue().split("-------- Logical Plan (Optimized)")[0]
-    return re.findall(r"\w+\[(.+?)\]\s*$", logical, re.M)
+    labels = re.findall(r"\w+\[(.+?)\]\s*$", logical, re.M)
+    return [re.sub(r"\[.*\]$", "", label) for label in labels]  # parameters (StreamingRepartition[...]) are not names
 
 
 @pytest.fixture

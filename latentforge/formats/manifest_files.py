@@ -24,6 +24,7 @@ MEDIA_EXTENSIONS: dict[str, frozenset[str]] = {
     "image": frozenset({".png", ".jpg", ".jpeg", ".webp"}),
 }
 TABLE_EXTENSIONS = (".csv", ".json", ".jsonl", ".parquet")
+SNIFF_BYTES = 1 << 20  # how much of a manifest's head decides its columns
 
 
 class ManifestError(ValueError):
@@ -59,9 +60,14 @@ class BadRecord:
     reason: str
 
 
-def read_table(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Table:
-    """CSV, JSON (list of objects), JSONL or Parquet -> columns + records; bad lines become BadRecord."""
+def read_table(fs: fsspec.AbstractFileSystem, path: str, url: str, byte_range: tuple[int, int] | None = None) -> Table:
+    """CSV, JSON (list of objects), JSONL or Parquet -> columns + records; bad lines become BadRecord.
+
+    `byte_range` (JSONL only) reads the lines that start inside [start, end): the ranges of one
+    file, read by different tasks, hold every line exactly once."""
     ext = extension(path)
+    if byte_range is not None:
+        return _read_jsonl_range(fs, path, url, *byte_range)
     if ext not in TABLE_EXTENSIONS:
         raise ManifestError(
             f"{url}: unsupported manifest file type {ext or '(no extension)'!r}; expected .csv, .json, .jsonl or .parquet"
@@ -87,17 +93,65 @@ def read_table(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Table:
             raise ManifestError(f"{url}: expected a JSON list of objects, found {type(data).__name__}")
         records = [r if isinstance(r, dict) else BadRecord(f"entry {i} is not a JSON object") for i, r in enumerate(data)]
         return Table(_columns(records), records)
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            records.append(BadRecord(f"invalid JSON on line {number}"))
-            continue
-        records.append(record if isinstance(record, dict) else BadRecord(f"line {number} is not a JSON object"))
+    records = [_json_record(line, f"on line {number}") for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     return Table(_columns(records), records)
+
+
+def _read_jsonl_range(fs: fsspec.AbstractFileSystem, path: str, url: str, start: int, end: int) -> Table:
+    records: list[Any] = []
+    with fs.open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the line in progress at `start` belongs to the range before
+        while f.tell() < end:
+            offset = f.tell()
+            raw = f.readline()
+            if not raw:
+                break
+            try:
+                line = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+            except UnicodeDecodeError:
+                records.append(BadRecord(f"line at byte {offset} is not UTF-8"))
+                continue
+            if line.strip():
+                records.append(_json_record(line, f"on the line at byte {offset}"))
+    return Table(_columns(records), records)
+
+
+def _json_record(line: str, where: str) -> Any:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return BadRecord(f"invalid JSON {where}")
+    return record if isinstance(record, dict) else BadRecord(f"not a JSON object {where}")
+
+
+def sniff_columns(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[str]:
+    """A manifest's columns from its head (CSV header, the first JSONL lines, the Parquet
+    schema), so deciding the format never reads a whole large manifest on the driver. A JSON
+    list is one document and is read whole."""
+    ext = extension(path)
+    if ext not in (".csv", ".jsonl", ".parquet"):
+        return read_table(fs, path, url).columns
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            with fs.open(path, "rb") as f:
+                return list(pq.read_schema(f).names)
+        except Exception as e:  # noqa: BLE001 - an unreadable file is the reader's error to name
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise ManifestError(f"{url}: unreadable Parquet ({e})") from None
+    with fs.open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    text = head.decode("utf-8-sig", errors="replace")
+    lines = text.splitlines()
+    if len(head) == SNIFF_BYTES and lines:
+        lines = lines[:-1]  # the last line may be cut
+    if ext == ".csv":
+        return next(csv.reader(io.StringIO("\n".join(lines[:1]))), [])
+    return _columns([_json_record(line, "") for line in lines if line.strip()])
 
 
 def _read_parquet(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Table:
@@ -149,6 +203,21 @@ def list_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
         relative = path[len(root) :].lstrip("/") if path.startswith(root) else posixpath.basename(path)
         if not any(part.startswith(".") for part in relative.split("/")):
             out.append(path)
+    return sorted(out)
+
+
+def scan_files(fs: fsspec.AbstractFileSystem, root: str, limit: int) -> list[str]:
+    """Up to `limit` files under root, folder by folder, hidden ones skipped: enough to tell a
+    layout apart without listing a bucket of millions of objects on the driver."""
+    root = root.rstrip("/")
+    out: list[str] = []
+    for folder, _dirs, files in fs.walk(root):
+        relative = folder[len(root) :].strip("/") if folder.startswith(root) else ""
+        if any(part.startswith(".") for part in relative.split("/") if part):
+            continue
+        out.extend(posixpath.join(folder, name) for name in sorted(files) if not name.startswith("."))
+        if len(out) >= limit:
+            break
     return sorted(out)
 
 

@@ -54,6 +54,8 @@ class Plan:
     is_dir: bool
     table: Table | None = None  # already parsed during detection
     files: list[str] | None = None  # already listed during detection
+    byte_range: tuple[int, int] | None = None  # a part of a large JSONL manifest (see `manifests.plan_reads`)
+    rows_estimate: int | None = None  # media files seen while detecting a folder's layout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +63,9 @@ class Plan:
 
 
 def _read_ltx(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]:
-    table = plan.table or read_table(fs, plan.path, plan.url)
+    table = plan.table or read_table(fs, plan.path, plan.url, plan.byte_range)
+    if _only_bad_records(plan, table):
+        return [error_row(_blank_row(), STAGE, r.reason) for r in table.records]
     media_column = first(LTX_MEDIA_COLUMNS, table.columns)
     if "caption" not in table.columns or media_column is None:
         raise ManifestError(
@@ -76,7 +80,9 @@ def _read_ltx(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]
 
 
 def _read_chronoedit(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]:
-    table = plan.table or read_table(fs, plan.path, plan.url)
+    table = plan.table or read_table(fs, plan.path, plan.url, plan.byte_range)
+    if _only_bad_records(plan, table):
+        return [error_row(_blank_row(), STAGE, r.reason) for r in table.records]
     if not {"video", "prompt"} <= set(table.columns):
         raise ManifestError(
             f"{plan.url}: no recognisable columns for chronoedit (found {table.columns}); "
@@ -87,7 +93,9 @@ def _read_chronoedit(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str
 
 
 def _read_fastvideo(fs: fsspec.AbstractFileSystem, plan: Plan) -> list[dict[str, Any]]:
-    table = plan.table or read_table(fs, plan.path, plan.url)
+    table = plan.table or read_table(fs, plan.path, plan.url, plan.byte_range)
+    if _only_bad_records(plan, table):
+        return [error_row(_blank_row(), STAGE, r.reason) for r in table.records]
     base = join(parent_url(plan.url), "videos")
     rows = []
     for record in table.records:
@@ -216,6 +224,12 @@ def make_row(base: str, ref: Any, caption: Any, extras: dict[str, Any], *, capti
         row["caption"] = None
         return error_row(row, STAGE, "empty caption")
     return row
+
+
+def _only_bad_records(plan: Plan, table: Table) -> bool:
+    """A byte range of a large manifest may hold no good line (or none at all): its columns say
+    nothing about the file's, so its bad lines are error rows and nothing is refused."""
+    return plan.byte_range is not None and not any(isinstance(r, dict) for r in table.records)
 
 
 def _blank_row() -> dict[str, Any]:

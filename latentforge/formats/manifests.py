@@ -64,7 +64,9 @@ from latentforge.formats.manifest_files import (
     first,
     list_files,
     media_type_of,
-    read_table,
+    scan_files,
+    sniff_columns,
+    with_extension,
 )
 from latentforge.formats.manifest_readers import (
     CAPTION_LISTS,
@@ -84,15 +86,22 @@ from latentforge.formats.table_inputs import (
     parquet_files,
     read_hf_folder,
     read_parquet,
+    read_parquet_file,
 )
-from latentforge.formats.webdataset import SHARD_EXTENSION, read_webdataset, shard_files
+from latentforge.formats.webdataset import SHARD_EXTENSION, read_shard, read_webdataset, shard_files
 from latentforge.storage import get_fs, to_url
 
-__all__ = ["FORMATS", "MEDIA_EXTENSIONS", "ManifestError", "detect_format", "media_type_of", "read_manifest"]
+__all__ = ["FORMATS", "MEDIA_EXTENSIONS", "ManifestError", "detect_format", "media_type_of", "plan_reads", "read_manifest", "read_part"]
 
 FORMATS = (
     "auto", "ltx", "fastvideo", "lists", "caption_files", "chronoedit", "folder", "webdataset", "hf_folder", "parquet",
 )
+JSONL_PART_BYTES = 16 << 20  # one read task per 16 MiB of a JSONL manifest (~100,000 rows)
+# Rough bytes per row, to size blocks before anything is read (`rows_estimate` of a read part):
+# a manifest line, and a webdataset sample (a clip of a few MB).
+BYTES_PER_ROW = 100
+BYTES_PER_SAMPLE = 2 << 20
+SCAN_FILES = 100_000  # files `auto` looks at to tell a folder's layout apart (input_format skips it)
 READERS = {**BASE_READERS, "webdataset": read_webdataset, "hf_folder": read_hf_folder, "parquet": read_parquet}
 
 
@@ -105,17 +114,57 @@ def detect_format(input_url: str, storage_options: dict[str, Any] | None = None)
 def read_manifest(
     input_url: str, input_format: str = "auto", storage_options: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Rows for every media reference in the input, in manifest order, all with the same keys."""
+    """Rows for every media reference in the input, in manifest order, all with the same keys.
+
+    The whole input in this process: for tools and tests. Pipelines read `plan_reads`' parts
+    with `read_part` in Ray tasks, so the driver never holds the rows."""
+    rows = [row for part in plan_reads(input_url, input_format, storage_options) for row in read_part(part, storage_options)]
+    if not rows:
+        raise ManifestError(f"{input_url}: no rows (the input is empty)")
+    return uniform(rows)
+
+
+def plan_reads(input_url: str, input_format: str = "auto", storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The input cut into read parts, in manifest order: one per webdataset shard or Parquet file
+    of a folder, byte ranges of a large JSONL manifest (JSONL_PART_BYTES each), else the whole
+    input. Deciding them reads only heads and folder names; the rows are `read_part`'s job."""
     if input_format not in FORMATS:
         raise ManifestError(f"{input_url}: unknown input format {input_format!r}; expected one of {', '.join(FORMATS)}")
     fs, path = get_fs(input_url, storage_options)
-    if input_format == "auto":
-        plan = _detect(fs, path, input_url)
+    plan = _detect(fs, path, input_url) if input_format == "auto" else _plan_explicit(fs, path, input_url, input_format)
+    whole = {"format": plan.format, "path": plan.path, "url": plan.url, "is_dir": plan.is_dir, "byte_range": None, "reader": None}
+    if plan.is_dir and plan.format in ("webdataset", "parquet"):
+        ext, reader = (SHARD_EXTENSION, "shard") if plan.format == "webdataset" else (PARQUET_EXTENSION, "parquet_file")
+        found = with_extension(list_files(fs, plan.path), ext)
+        if not found:
+            raise ManifestError(f"{plan.url}: no {ext} {'shards for webdataset' if reader == 'shard' else 'files'}")
+        per_file = BYTES_PER_SAMPLE if reader == "shard" else BYTES_PER_ROW
+        return [{**whole, "path": f, "url": to_url(fs, f), "is_dir": False, "reader": reader, "rows_estimate": _estimate(fs, f, per_file)} for f in found]
+    if plan.is_dir:
+        return [{**whole, "rows_estimate": plan.rows_estimate or SCAN_FILES}]
+    size = fs.size(plan.path)
+    if plan.path.lower().endswith(".jsonl") and plan.format in ("ltx", "chronoedit", "fastvideo") and size > JSONL_PART_BYTES:
+        return [
+            {**whole, "byte_range": (s, min(s + JSONL_PART_BYTES, size)), "rows_estimate": JSONL_PART_BYTES // BYTES_PER_ROW}
+            for s in range(0, size, JSONL_PART_BYTES)
+        ]
+    return [{**whole, "rows_estimate": 1 if media_type_of(plan.path) else max(1, size // BYTES_PER_ROW)}]
+
+
+def _estimate(fs: fsspec.AbstractFileSystem, path: str, per_row: int) -> int:
+    return max(1, fs.size(path) // per_row)
+
+
+def read_part(part: dict[str, Any], storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of one read part (see `plan_reads`), all with the same keys."""
+    fs, _ = get_fs(part["url"], storage_options)
+    if part["reader"] == "shard":
+        rows = read_shard(fs, part["path"], part["url"])
+    elif part["reader"] == "parquet_file":
+        rows = read_parquet_file(fs, part["path"], part["url"])
     else:
-        plan = _plan_explicit(fs, path, input_url, input_format)
-    rows = READERS[plan.format](fs, plan)
-    if not rows:
-        raise ManifestError(f"{plan.url}: no rows (the {plan.format} input is empty)")
+        byte_range = tuple(part["byte_range"]) if part["byte_range"] is not None else None
+        rows = READERS[part["format"]](fs, Plan(part["format"], part["path"], part["url"], part["is_dir"], byte_range=byte_range))
     return uniform(rows)
 
 
@@ -130,10 +179,9 @@ def _detect(fs: fsspec.AbstractFileSystem, path: str, input_url: str) -> Plan:
         return _detect_file(fs, path, url)
     names = child_names(fs, path)
     if CHRONOEDIT_NAME in names:  # ChronoEdit's, or a Hugging Face folder's: the columns tell
-        table = read_table(fs, child(path, CHRONOEDIT_NAME), child(url, CHRONOEDIT_NAME))
-        if HF_MEDIA_COLUMN in table.columns:
+        if HF_MEDIA_COLUMN in sniff_columns(fs, child(path, CHRONOEDIT_NAME), child(url, CHRONOEDIT_NAME)):
             return Plan("hf_folder", path, url, is_dir=True)
-        return Plan("chronoedit", child(path, CHRONOEDIT_NAME), child(url, CHRONOEDIT_NAME), is_dir=False, table=table)
+        return Plan("chronoedit", child(path, CHRONOEDIT_NAME), child(url, CHRONOEDIT_NAME), is_dir=False)
     if any(n in names for n in HF_METADATA_NAMES):
         return Plan("hf_folder", path, url, is_dir=True)
     if FASTVIDEO_NAME in names:
@@ -145,17 +193,17 @@ def _detect(fs: fsspec.AbstractFileSystem, path: str, input_url: str) -> Plan:
         return _file_plan(fs, "ltx", child(path, ltx[0]))
     if first(CAPTION_LISTS, names) and first(MEDIA_LISTS, names):
         return Plan("lists", path, url, is_dir=True)
-    files = list_files(fs, path)
+    files = scan_files(fs, path, SCAN_FILES)
     present = set(files)
     media = [f for f in files if media_type_of(f) is not None]
     if any(caption_sibling(f) in present for f in media):
-        return Plan("caption_files", path, url, is_dir=True, files=files)
+        return Plan("caption_files", path, url, is_dir=True, rows_estimate=len(media))
     if media:
-        return Plan("folder", path, url, is_dir=True, files=files)
+        return Plan("folder", path, url, is_dir=True, rows_estimate=len(media))
     if shard_files(fs, files):
-        return Plan("webdataset", path, url, is_dir=True, files=files)
+        return Plan("webdataset", path, url, is_dir=True)
     if parquet_files(files):
-        return Plan("parquet", path, url, is_dir=True, files=files)
+        return Plan("parquet", path, url, is_dir=True)
     raise ManifestError(
         f"{url}: no media files and no manifest found (looked for {CHRONOEDIT_NAME}, {FASTVIDEO_NAME}, "
         f"{'/'.join(LTX_NAMES)}, {'/'.join(HF_METADATA_NAMES)}, a prompt.txt + videos.txt pair, "
@@ -172,8 +220,7 @@ def _detect_file(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Plan:
         return _file_plan(fs, "fastvideo", path)
     if name.lower().endswith(SHARD_EXTENSION):
         return Plan("webdataset", path, url, is_dir=False)
-    table = read_table(fs, path, url)
-    columns = set(table.columns)
+    columns = set(sniff_columns(fs, path, url))
     if HF_MEDIA_COLUMN in columns:
         fmt = "hf_folder"
     elif name.lower().endswith(PARQUET_EXTENSION):
@@ -189,7 +236,7 @@ def _detect_file(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Plan:
             f"{url}: no recognisable columns (found {sorted(columns)}); expected caption + media_path "
             "(ltx), path + cap (fastvideo), key + video + prompt (chronoedit) or file_name (hf_folder)"
         )
-    return Plan(fmt, path, url, is_dir=False, table=table)
+    return Plan(fmt, path, url, is_dir=False)
 
 
 def _plan_explicit(fs: fsspec.AbstractFileSystem, path: str, input_url: str, fmt: str) -> Plan:

@@ -47,7 +47,7 @@ from latentforge.pipelines.caption_settings import (
     quantization_error,
     quantization_key,
 )
-from latentforge.pipelines.input import PROBE, read_input, source
+from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, read_input, source
 from latentforge.pipelines.runtime import seconds_of
 from latentforge.pipelines.sinks import RowSink, sum_write_returns
 from latentforge.pipelines.split import STAGES as SPLIT_STAGES
@@ -333,15 +333,18 @@ class CaptionSink(RowSink):
         self.result = {**sum_write_returns(returns), "records": [record for r in returns for record in r["records"]]}
 
 
-def read_caption_input(job: Job) -> list[dict[str, Any]]:
-    """The manifest's rows, each with its place in the input and whether it named a span, so
-    the manifest keeps the input's order and only writes spans where the input had them."""
+def read_caption_input(job: Job) -> Any:
+    """The manifest's rows (each knows its place in the input, `_input_index`) marked with
+    whether they named a span, so the manifest keeps the input's order and only writes spans
+    where the input had them."""
     manifest_url(job.cfg)  # a bad manifest name fails before any work
-    rows = read_input(job)
-    for i, row in enumerate(rows):
-        row["_input_index"] = i
+    return read_input(job, keep={"fn": _mark_spans, "kwargs": {}})
+
+
+def _mark_spans(rows: list[dict[str, Any]], part: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    for row in rows:
         row["_span_given"] = has_value(row.get("start_frame")) or has_value(row.get("end_frame"))
-    return rows
+    return rows, {}
 
 
 WRITE_CAPTIONS = Stage(
@@ -367,7 +370,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     errors = result.get("errors", {})
     kept = {k: got.get(k, 0) for k in ("captioned", "captions_kept", "captions_from_earlier_runs")}
     counts = {
-        "input_rows": len(job.state.get("input", ())),
+        "input_rows": input_counts(job).get("input_rows", 0),
         "rows": sum(kept.values()) + sum(errors.values()),
         **kept,
         "errors": sum(errors.values()),
@@ -377,6 +380,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     c = cfg.caption
     fields = {
         "pipeline": "caption",
+        "first_task_seconds": first_task_seconds(job),
         "stage_seconds": seconds_of(result),
         "counts": counts,
         "manifest": url,

@@ -29,6 +29,8 @@ from latentforge.formats.export.registry import EXPORTERS
 from latentforge.formats.manifest_files import parent_url
 from latentforge.formats.shards import EMBEDDINGS, LATENTS, shard_paths
 from latentforge.models import get_preset, text_encoder_name
+from latentforge.pipelines.outputs import arrow_fs, id_set
+from latentforge.pipelines.runtime import shuffle_partitions
 from latentforge.pipelines.sinks import RowSink
 from latentforge.pipelines.stages import LIGHT, Job, Stage, output_args
 from latentforge.rows import batch_rows
@@ -124,7 +126,7 @@ def check(formats: list[str], ctx: ExportContext, buckets: list[str], embeddings
 
 
 def export_batch(
-    batch: dict[str, Any], formats: list[str], roots: dict[str, str], ctx: ExportContext, storage_options: dict | None, done: dict[str, frozenset]
+    batch: dict[str, Any], formats: list[str], roots: dict[str, str], ctx: ExportContext, storage_options: dict | None, done: dict[str, Any]
 ) -> dict[str, Any]:
     """Write the files of a batch of joined rows in each layout; returns one small row per sample
     with what happened (`_exported_<format>`, `_existing_<format>`, `_seconds_export`)."""
@@ -191,11 +193,14 @@ def _setup(job: Job) -> None:
     cfg = job.cfg
     ctx, buckets, embeddings = output_context(cfg.output, cfg.storage_options, cfg.input)
     check(list(cfg.export), ctx, buckets, embeddings)
-    done = {}
-    for name in cfg.export:  # layouts that pack samples: what earlier runs exported
-        fs, root = get_fs(export_root(cfg, name), cfg.storage_options)
-        done[name] = frozenset(EXPORTERS[name].exported_ids(fs, root))
+    # what earlier runs exported, per layout: listed by a Ray task, kept in the object store
+    done = {name: id_set(exported_ids, name, export_root(cfg, name), cfg.storage_options) for name in cfg.export}
     job.state["export"] = {"ctx": ctx, "embeddings": embeddings, "done": done}
+
+
+def exported_ids(name: str, root_url: str, storage_options: dict[str, Any] | None) -> set[str]:
+    fs, root = get_fs(root_url, storage_options)
+    return EXPORTERS[name].exported_ids(fs, root)
 
 
 def read_joined(job: Job) -> Any:
@@ -204,24 +209,14 @@ def read_joined(job: Job) -> Any:
     _setup(job)
     fs, root = get_fs(join(cfg.output, LATENTS), cfg.storage_options)
     partitioning = ray.data.datasource.partitioning.Partitioning("hive", base_dir=root)
-    latents = ray.data.read_parquet(root, filesystem=_arrow_fs(fs), partitioning=partitioning)
+    latents = ray.data.read_parquet(root, filesystem=arrow_fs(fs), partitioning=partitioning)
     embeddings = job.state["export"]["embeddings"]
     if embeddings is None:
         return latents
     efs, eroot = get_fs(embeddings, cfg.storage_options)
-    table = ray.data.read_parquet(eroot, filesystem=_arrow_fs(efs))
+    table = ray.data.read_parquet(eroot, filesystem=arrow_fs(efs))
     keep = [c for c in ("caption_id", *EMBEDDING_COLUMNS, *EXTRA_EMBEDDING_COLUMNS) if c in table.schema().names]
-    return latents.join(table.select_columns(keep), join_type="left_outer", num_partitions=_partitions(), on=("caption_id",))
-
-
-def _partitions() -> int:
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def _arrow_fs(fs: Any) -> Any:
-    import pyarrow.fs as pafs
-
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    return latents.join(table.select_columns(keep), join_type="left_outer", num_partitions=shuffle_partitions(), on=("caption_id",))
 
 
 def _describe_source(job: Job) -> str:

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from latentforge import __version__
-from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, existing_values, read_table
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS
 from latentforge.models import get_preset, text_encoder_name, vae_normalization
 from latentforge.operators import captions as captions_op
 from latentforge.operators import frames as frames_op
@@ -24,8 +24,9 @@ from latentforge.operators import vae as vae_op
 from latentforge.pipelines.caption import STAGES as CAPTION_STAGES
 from latentforge.pipelines.caption import captioned_in_run, in_run
 from latentforge.pipelines.export import counts as export_counts
-from latentforge.pipelines.input import PROBE, source
-from latentforge.pipelines.runtime import decode_figures, seconds_of
+from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, source
+from latentforge.pipelines.outputs import existing_ids, read_shards
+from latentforge.pipelines.runtime import decode_figures, seconds_of, shuffle_partitions
 from latentforge.pipelines.sinks import ShardSink
 from latentforge.pipelines.split import STAGES as SPLIT_STAGES
 from latentforge.pipelines.stages import LIGHT, Job, Stage
@@ -54,9 +55,10 @@ def prepare(row: dict[str, Any], target_fps: float | None, resize_filter: str, s
 
 
 def _finished_samples(job: Job) -> None:
+    """The sample ids already in the output, as an IdSet in the object store (never on the driver)."""
     cfg = job.cfg
-    job.state["done_latents"] = frozenset(existing_values(cfg.output, LATENTS, "sample_id", cfg.storage_options))
-    log.info("latentforge: %d input rows, %d finished samples already in %s", len(job.state.get("input", ())), len(job.state["done_latents"]), cfg.output)
+    job.state["done_latents"] = done = existing_ids(cfg.output, LATENTS, "sample_id", cfg.storage_options)
+    log.info("latentforge: %d finished samples already in %s", done.size, cfg.output)
 
 
 def _describe_prepare(job: Job) -> str:
@@ -97,7 +99,7 @@ VIDEO = [
         lambda job: "bucket and sample_id from probe metadata; samples already in the output are skipped from here on",
         resources=LIGHT,
         setup=_finished_samples,
-        args=lambda job: {"buckets": job.cfg.bucket_list(), "target_fps": job.cfg.prepare.target_fps, "done": job.state.get("done_latents", frozenset())},
+        args=lambda job: {"buckets": job.cfg.bucket_list(), "target_fps": job.cfg.prepare.target_fps, "done": job.state["done_latents"]},
     ),
     *CAPTION_STAGES,
     Stage(
@@ -149,31 +151,59 @@ VIDEO = [
 # The text pass
 
 
-def distinct_captions(job: Job) -> list[dict[str, Any]]:
-    """The text pass's rows: every distinct caption of the latents in the output that has no
-    embedding yet (the counts go to `job.state["text_counts"]`)."""
+def distinct_captions(job: Job) -> Any:
+    """The text pass's rows, made on the cluster: every distinct caption of the latents in the
+    output that has no embedding yet (a Ray groupby on caption_id, then a filter against the
+    embeddings' ids). The counts go to `job.state["text_counts"]`; an empty pass is skipped."""
     cfg = job.cfg
     so = cfg.storage_options
-    table = read_table(cfg.output, LATENTS, ["caption_id", "caption"], so)
-    distinct: dict[str, str] = {}
-    without_caption = 0
-    if table.num_rows:
-        for cid, text in zip(table.column("caption_id").to_pylist(), table.column("caption").to_pylist()):
-            if cid:
-                distinct.setdefault(cid, text)
-            else:
-                without_caption += 1
-    done = existing_values(cfg.output, _encoder_table(cfg), "caption_id", so)
-    todo = [{"caption_id": cid, "caption": distinct[cid]} for cid in sorted(distinct) if cid not in done]
+    latents = read_shards(cfg.output, LATENTS, ["caption_id", "caption"], so)
+    if latents is None:
+        job.state["text_counts"] = {"latent_rows_without_caption": 0, "captions_distinct": 0, "embeddings_skipped_existing": 0, "embeddings_written": 0}
+        return []
+    done = existing_ids(cfg.output, _encoder_table(cfg), "caption_id", so)
+    groups = latents.map_batches(_blank_to_key, batch_format="pyarrow", num_cpus=LIGHT.num_cpus)
+    groups = groups.groupby("caption_id", num_partitions=shuffle_partitions()).map_groups(
+        _one_per_caption, batch_format="pyarrow", fn_kwargs={"done": done}, num_cpus=LIGHT.num_cpus
+    )
+    groups = groups.materialize()  # in the object store: the counts and the todo list read it
+    todo = groups.filter(_is_todo, num_cpus=LIGHT.num_cpus).materialize()
+    blank = groups.filter(_is_blank, num_cpus=LIGHT.num_cpus).take(1)
+    without_caption = int(blank[0]["_rows"]) if blank else 0
+    distinct = groups.count() - len(blank)
+    todo_count = todo.count()
     job.state["text_counts"] = {
         "latent_rows_without_caption": without_caption,
-        "captions_distinct": len(distinct),
-        "embeddings_skipped_existing": len(distinct) - len(todo),
+        "captions_distinct": distinct,
+        "embeddings_skipped_existing": distinct - todo_count,
         "embeddings_written": 0,
     }
     if without_caption:
         log.warning("latentforge: %d latent rows have no caption; their text encoding is skipped", without_caption)
-    return todo
+    return todo.select_columns(["caption_id", "caption"]) if todo_count else []
+
+
+def _blank_to_key(batch: Any) -> Any:
+    """Rows without caption_id grouped under "" (counted, never encoded)."""
+    import pyarrow.compute as pc
+
+    return batch.set_column(batch.schema.get_field_index("caption_id"), "caption_id", pc.fill_null(batch.column("caption_id"), ""))
+
+
+def _one_per_caption(group: Any, done: Any) -> Any:
+    import pyarrow as pa
+
+    cid = group.column("caption_id")[0].as_py()
+    caption = group.column("caption")[0].as_py() if cid else None
+    return pa.table({"caption_id": [cid], "caption": pa.array([caption], pa.string()), "_rows": [group.num_rows], "_done": [bool(cid) and cid in done]})
+
+
+def _is_todo(row: dict[str, Any]) -> bool:
+    return bool(row["caption_id"]) and not row["_done"]
+
+
+def _is_blank(row: dict[str, Any]) -> bool:
+    return not row["caption_id"]
 
 
 def _encoder_name(cfg: Any) -> str:
@@ -229,11 +259,16 @@ def text_enabled(cfg: Any) -> bool:
 
 
 TEXT = [
-    source(
-        distinct_captions,
+    Stage(
+        "source",
+        "source",
+        None,
+        lambda job: f"distinct captions of {join(job.cfg.output, LATENTS)}/ without an embedding "
+        "(first computed on the cluster: ReadParquet, groupby caption_id, held in the object store)",
+        read=distinct_captions,
         phase="text",
-        describe=lambda job: f"distinct captions of {join(job.cfg.output, LATENTS)}/ without an embedding",
         enabled=text_enabled,
+        operators=("InputData", "Project"),  # the materialized captions, as Ray Data names them
     ),
     Stage(
         "encode_text",
@@ -278,7 +313,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     for reason, n in text.get("errors", {}).items():
         errors[reason] = errors.get(reason, 0) + n
     counts: dict[str, Any] = {
-        "input_rows": len(job.state.get("input", ())),
+        "input_rows": input_counts(job).get("input_rows", 0),
         "latents_written": video.get("counts", {}).get("written", 0),
         "latents_skipped_existing": video.get("counts", {}).get("skipped_existing", 0),
         "errors": sum(errors.values()),
@@ -295,6 +330,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     source_frames = video.get("counts", {}).get("source_frames", 0)
     fields = {
         "phase_wall_seconds": {k: round(job.phase_seconds.get(k, 0.0), 3) for k in ("video", "text", *job.phase_seconds)},
+        "first_task_seconds": first_task_seconds(job),
         "stage_seconds": seconds_of(video, text),
         "decoded_frames": decoded,
         **(decode_figures(decoded, source_frames) if source_frames else {}),

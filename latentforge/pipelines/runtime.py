@@ -21,9 +21,11 @@ import ray
 
 from latentforge import __version__
 from latentforge.cluster import cluster_has_gpus, connect
-from latentforge.config import PipelineConfig
+from latentforge.config import ConfigError, PipelineConfig
+from latentforge.formats.manifest_files import ManifestError
 from latentforge.formats.shards import ERRORS, write_run_summary
 from latentforge.pipelines.stages import Job, Stage, active
+from latentforge.pipelines.tally import totals
 from latentforge.storage import get_fs, join
 
 log = logging.getLogger("latentforge")
@@ -100,6 +102,12 @@ def cpu_nodes() -> int:
     if not ray.is_initialized():
         return 1
     return max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0))
+
+
+def shuffle_partitions() -> int:
+    """Partitions of a Ray Data shuffle (groupby, join): one per CPU of the cluster. Ray's
+    default (200) is meant for large clusters; on a small one most partitions would be empty."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def batch_size(stage: Stage, job: Job) -> int | None:
@@ -227,21 +235,43 @@ def dataset(stages_of_pass: list[Stage], job: Job, rows: Any) -> Any:
 
 def execute(stages: list[Stage], job: Job) -> Job:
     """Run every pass of the active stages in order. A pass whose source has no rows is skipped
-    (nothing to do: an output that is complete, or a text pass with no new caption)."""
+    (nothing to do: an output that is complete, or a text pass with no new caption). A config or
+    input problem that a Ray task found is raised as itself, without Ray's wrapping."""
     for stages_of_pass in passes(active(stages, job.cfg)):
         source, rest = stages_of_pass[0], stages_of_pass[1:]
         t0 = time.perf_counter()
-        rows = source.read(job)
-        for stage in rest:
-            if stage.setup is not None:
-                stage.setup(job)
-        if isinstance(rows, ray.data.Dataset) or rows:  # a source may hand over a Ray Dataset
-            ds = dataset(rest, job, rows)
+        try:
+            rows = source.read(job)
             for stage in rest:
-                if stage.kind == "write":
-                    apply(stage, ds, job)
+                if stage.setup is not None:
+                    stage.setup(job)
+            if isinstance(rows, ray.data.Dataset) or rows:  # a source may hand over a Ray Dataset
+                ds = dataset(rest, job, rows)
+                for stage in rest:
+                    if stage.kind == "write":
+                        apply(stage, ds, job)
+        except Exception as e:
+            own = user_error(e)
+            if own is None or own is e:
+                raise
+            raise own from None
         job.phase_seconds[source.phase or source.name] = time.perf_counter() - t0
     return job
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The ConfigError or ManifestError behind an exception, also through Ray's task errors."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, (ConfigError, ManifestError)) and not isinstance(exc, ray.exceptions.RayError):
+            return exc
+        todo.extend([exc.__cause__, exc.__context__, getattr(exc, "cause", None)])
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,5 +342,7 @@ def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tup
     """Start, execute the list, summarise; returns the summary also written to run.json."""
     started_at = datetime.now(timezone.utc).isoformat()
     job = execute(stages, start(cfg))
+    if "tally" in job.state and not totals(job.state["tally"])["counts"].get("input_rows"):
+        raise ManifestError(f"{cfg.input}: no rows (the input is empty)")
     fields, module_versions = summarize(job)
     return write_summary(job, fields, module_versions, started_at)

@@ -28,16 +28,18 @@ import ray
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.shards import ERRORS
 from latentforge.operators import scenes
-from latentforge.pipelines.input import PROBE, read_input, source
-from latentforge.pipelines.runtime import decode_figures, seconds_of
+from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, read_input, source
+from latentforge.pipelines.outputs import id_set
+from latentforge.pipelines.runtime import decode_figures, seconds_of, shuffle_partitions
 from latentforge.pipelines.sinks import RowSink
-from latentforge.pipelines.stages import Job, Stage, output_args
+from latentforge.pipelines.stages import LIGHT, Job, Stage, output_args
 from latentforge.rows import is_error, plain
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
 log = logging.getLogger("latentforge")
 
 PARTS = "clips/_parts"
+ORDER = "clips/_order"  # per read part of the input: its sources' part keys, in manifest order
 MANIFEST = "clips.jsonl"
 
 
@@ -124,7 +126,28 @@ def enabled(cfg: PipelineConfig) -> bool:
 
 
 def _check_names(job: Job) -> None:
-    check_clip_names(job.state.get("input", ()), options(job.cfg))
+    """Clip file names of different sources must differ: checked on the cluster (a groupby on
+    the name stem over the input), before any clip is written, when the names could collide."""
+    opts = options(job.cfg)
+    source = job.state.get("source")
+    if source is None or not names_can_collide(opts):
+        return
+    stems = source.flat_map(_stem_row, num_cpus=LIGHT.num_cpus)
+    stems.groupby("stem", num_partitions=shuffle_partitions()).map_groups(
+        _check_stem_group, fn_kwargs={"opts": opts}, batch_format="pyarrow", num_cpus=LIGHT.num_cpus
+    ).materialize()
+
+
+def _stem_row(row: dict[str, Any]) -> list[dict[str, Any]]:
+    if is_error(row) or row.get("media_type") != "video":
+        return []
+    stem = os.path.splitext(os.path.basename(str(row["uri"]).rstrip("/")))[0]
+    return [{"stem": stem, "uri": row["uri"], "start_frame": plain(row.get("start_frame")), "end_frame": plain(row.get("end_frame"))}]
+
+
+def _check_stem_group(group: Any, opts: dict[str, Any]) -> Any:
+    check_clip_names(group.to_pylist(), opts)
+    return group.slice(0, 0)
 
 
 def _describe_stage(job: Job) -> str:
@@ -189,9 +212,14 @@ class ClipSink(RowSink):
         counts["images_written" if row.get("media_type") == "image" else "clips_written"] += 1
 
 
+def names_can_collide(opts: dict[str, Any]) -> bool:
+    """Whether two sources could write the same clip file names (the default uses the file stem)."""
+    return not (opts["mode"] == "virtual" or "{hash" in opts["clip_name"] or "{start" in opts["clip_name"])
+
+
 def check_clip_names(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     """Clip files of different sources must not share names (the default uses the file stem)."""
-    if opts["mode"] == "virtual" or "{hash" in opts["clip_name"] or "{start" in opts["clip_name"]:
+    if not names_can_collide(opts):
         return
     seen: dict[str, tuple] = {}
     for row in rows:
@@ -218,48 +246,48 @@ def _relative(media_path: str, output: str) -> str:
     return media_path
 
 
-def _assemble(cfg: PipelineConfig, keys: list[str]) -> tuple[int, int]:
-    """clips.jsonl from the parts of `keys`, in order; returns (lines, sources listed)."""
+def _order_url(output: str, index: int) -> str:
+    return join(output, ORDER, f"{index:08d}.json")
+
+
+def _assemble(cfg: PipelineConfig, read_parts: int) -> tuple[int, int]:
+    """clips.jsonl from the parts, in manifest order: each read part of the input left the keys
+    of its sources in order (`_keys_of_part`); they are streamed part by part into the file, so
+    the driver holds one source's clips at a time. Returns (lines, sources listed)."""
     so = cfg.storage_options
-    fs, _ = get_fs(cfg.output, so)
-    paths = [get_fs(_part_url(cfg.output, key), so)[1] for key in keys]
-    contents = fs.cat(paths, on_error="omit") if paths else {}
-    if not isinstance(contents, dict):
-        contents = {paths[0]: contents}
-    lines: list[str] = []
-    sources = 0
-    for path in paths:
-        data = contents.get(path)
-        if data is None:
-            continue
-        sources += 1
-        for text in data.decode().splitlines():
-            if text.strip():
-                line = json.loads(text)["manifest"]
-                line["media_path"] = _relative(line["media_path"], cfg.output)
-                lines.append(_dumps(line))
     mfs, mpath = get_fs(join(cfg.output, MANIFEST), so)
-    write_bytes_atomic(mfs, mpath, "".join(line + "\n" for line in lines).encode())
-    return len(lines), sources
+    lines = sources = 0
+    tmp = f"{mpath}.tmp-{os.getpid()}"
+    mfs.makedirs(os.path.dirname(mpath), exist_ok=True)
+    with mfs.open(tmp, "wb") as out:
+        for index in range(read_parts):
+            ofs, opath = get_fs(_order_url(cfg.output, index), so)
+            keys = json.loads(ofs.cat_file(opath)) if ofs.exists(opath) else []
+            for key in keys:
+                fs, path = get_fs(_part_url(cfg.output, key), so)
+                try:
+                    data = fs.cat_file(path)
+                except FileNotFoundError:
+                    continue  # the source failed: its error row is in errors/
+                sources += 1
+                for text in data.decode().splitlines():
+                    if text.strip():
+                        line = json.loads(text)["manifest"]
+                        line["media_path"] = _relative(line["media_path"], cfg.output)
+                        out.write((_dumps(line) + "\n").encode())
+                        lines += 1
+    mfs.mv(tmp, mpath)
+    ofs, oroot = get_fs(join(cfg.output, ORDER), so)
+    if ofs.exists(oroot):  # only this run's assembly reads them; the next run writes its own
+        ofs.rm(oroot, recursive=True)
+    return lines, sources
 
 
-def _existing_parts(cfg: PipelineConfig) -> set[str]:
-    fs, root = get_fs(join(cfg.output, PARTS), cfg.storage_options)
-    if not fs.exists(root):
-        return set()
-    return {os.path.basename(p)[: -len(".jsonl")] for p in fs.ls(root, detail=False) if p.endswith(".jsonl") and "/.tmp-" not in p}
-
-
-def read_sources(job: Job) -> list[dict[str, Any]]:
-    """`pipeline: split`'s source: the manifest's rows, less the sources whose part exists (a
-    rerun splits only what is missing); every source's part key is kept for clips.jsonl."""
-    cfg = job.cfg
-    opts = options(cfg)
-    rows = read_input(job)
-    check_clip_names(rows, opts)
+def _keys_of_part(rows: list[dict[str, Any]], part: dict[str, Any], opts: dict[str, Any], output: str, storage_options: dict, existing: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """In a read task: each source's part key; the part's keys in order go to an order file for
+    clips.jsonl; sources whose part exists are dropped here (a rerun splits only what is missing)."""
     keys: list[str] = []
     todo: list[dict[str, Any]] = []
-    existing = _existing_parts(cfg)
     for row in rows:
         if is_error(row):
             todo.append(dict(row, _split_key=None))
@@ -269,10 +297,25 @@ def read_sources(job: Job) -> list[dict[str, Any]]:
             keys.append(key)
         if key not in existing:
             todo.append(dict(row, _split_key=key))
-    job.state["part_keys"] = keys
-    job.state["sources_skipped_existing"] = len(rows) - len(todo)
-    log.info("latentforge split: %d input rows, %d already split in %s", len(rows), len(rows) - len(todo), cfg.output)
-    return todo
+    fs, path = get_fs(_order_url(output, int(part["index"])), storage_options)
+    write_bytes_atomic(fs, path, json.dumps(keys).encode())
+    return todo, {"sources_skipped_existing": len(rows) - len(todo)}
+
+
+def _existing_parts(output: str, storage_options: dict | None) -> list[str]:
+    fs, root = get_fs(join(output, PARTS), storage_options)
+    if not fs.exists(root):
+        return []
+    return [os.path.basename(p)[: -len(".jsonl")] for p in fs.ls(root, detail=False) if p.endswith(".jsonl") and "/.tmp-" not in p]
+
+
+def read_sources(job: Job) -> Any:
+    """`pipeline: split`'s source: the manifest's rows, less the sources whose part exists."""
+    cfg = job.cfg
+    existing = id_set(_existing_parts, cfg.output, cfg.storage_options)
+    log.info("latentforge split: %d sources already split in %s", existing.size, cfg.output)
+    keep = {"fn": _keys_of_part, "kwargs": {"opts": options(cfg), "output": cfg.output, "storage_options": cfg.storage_options, "existing": existing}}
+    return read_input(job, keep=keep)
 
 
 WRITE_CLIPS = Stage(
@@ -289,17 +332,17 @@ PIPELINE = [source(read_sources, phase="split"), PROBE, *STAGES, WRITE_CLIPS]
 def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Assemble clips.jsonl from the parts, then run.json's fields."""
     cfg = job.cfg
-    rows = job.state.get("input", [])
-    lines, listed = _assemble(cfg, job.state.get("part_keys", []))
+    lines, listed = _assemble(cfg, job.state.get("read_parts", 0))
+    read = input_counts(job)
     result = job.results.get("write_clips", {})
     written = result.get("counts", {})
     decoded = dict(result.get("decoded_frames", {}))
     errors = result.get("errors", {})
     counts = {
-        "input_rows": len(rows),
-        "videos": sum(1 for r in rows if not is_error(r) and r.get("media_type") == "video"),
-        "images": sum(1 for r in rows if not is_error(r) and r.get("media_type") == "image"),
-        "sources_skipped_existing": job.state.get("sources_skipped_existing", 0),
+        "input_rows": read.get("input_rows", 0),
+        "videos": read.get("videos", 0),
+        "images": read.get("images", 0),
+        "sources_skipped_existing": read.get("sources_skipped_existing", 0),
         "clips_written": int(written.get("clips_written", 0)),
         "images_written": int(written.get("images_written", 0)),
         "clips": lines,
@@ -309,6 +352,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     }
     fields = {
         "pipeline": "split",
+        "first_task_seconds": first_task_seconds(job),
         "stage_seconds": seconds_of(result),
         "decoded_frames": decoded,
         **decode_figures(decoded, int(written.get("source_frames", 0))),
