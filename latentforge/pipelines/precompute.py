@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import ray
+
 from latentforge import __version__
-from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, existing_values, read_table
 from latentforge.models import get_preset, text_encoder_name, vae_normalization
 from latentforge.operators import captions as captions_op
 from latentforge.operators import frames as frames_op
@@ -25,14 +27,15 @@ from latentforge.pipelines.caption import STAGES as CAPTION_STAGES
 from latentforge.pipelines.caption import captioned_in_run, in_run
 from latentforge.pipelines.export import counts as export_counts
 from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, source
-from latentforge.pipelines.outputs import existing_ids, read_shards
-from latentforge.pipelines.runtime import decode_figures, seconds_of, shuffle_partitions
+from latentforge.pipelines.outputs import existing_ids
+from latentforge.pipelines.runtime import decode_figures, seconds_of
 from latentforge.pipelines.sinks import ShardSink
 from latentforge.pipelines.split import STAGES as SPLIT_STAGES
 from latentforge.pipelines.stages import LIGHT, Job, Stage
 from latentforge.storage import join
 
 log = logging.getLogger("latentforge")
+TEXT_BLOCK_ROWS = 256  # captions per block of the text pass: enough blocks for every text actor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,58 +155,45 @@ VIDEO = [
 
 
 def distinct_captions(job: Job) -> Any:
-    """The text pass's rows, made on the cluster: every distinct caption of the latents in the
-    output that has no embedding yet (a Ray groupby on caption_id, then a filter against the
-    embeddings' ids). The counts go to `job.state["text_counts"]`; an empty pass is skipped."""
+    """The text pass's rows: every distinct caption of the latents in the output that has no
+    embedding yet, found by one Ray task (`_distinct_captions`) and handed over as blocks in the
+    object store; the driver gets their references and the counts (`job.state["text_counts"]`).
+    When nothing is left to encode the pass is skipped and no text encoder is loaded."""
     cfg = job.cfg
-    so = cfg.storage_options
-    latents = read_shards(cfg.output, LATENTS, ["caption_id", "caption"], so)
-    if latents is None:
-        job.state["text_counts"] = {"latent_rows_without_caption": 0, "captions_distinct": 0, "embeddings_skipped_existing": 0, "embeddings_written": 0}
-        return []
-    done = existing_ids(cfg.output, _encoder_table(cfg), "caption_id", so)
-    groups = latents.map_batches(_blank_to_key, batch_format="pyarrow", num_cpus=LIGHT.num_cpus)
-    groups = groups.groupby("caption_id", num_partitions=shuffle_partitions()).map_groups(
-        _one_per_caption, batch_format="pyarrow", fn_kwargs={"done": done}, num_cpus=LIGHT.num_cpus
-    )
-    groups = groups.materialize()  # in the object store: the counts and the todo list read it
-    todo = groups.filter(_is_todo, num_cpus=LIGHT.num_cpus).materialize()
-    blank = groups.filter(_is_blank, num_cpus=LIGHT.num_cpus).take(1)
-    without_caption = int(blank[0]["_rows"]) if blank else 0
-    distinct = groups.count() - len(blank)
-    todo_count = todo.count()
-    job.state["text_counts"] = {
-        "latent_rows_without_caption": without_caption,
-        "captions_distinct": distinct,
-        "embeddings_skipped_existing": distinct - todo_count,
-        "embeddings_written": 0,
-    }
-    if without_caption:
-        log.warning("latentforge: %d latent rows have no caption; their text encoding is skipped", without_caption)
-    return todo.select_columns(["caption_id", "caption"]) if todo_count else []
+    stream = _distinct_captions.remote(cfg.output, _encoder_table(cfg), cfg.storage_options, TEXT_BLOCK_ROWS)
+    refs = list(stream)
+    job.state["text_counts"] = counts = ray.get(refs[0])
+    if counts["latent_rows_without_caption"]:
+        log.warning("latentforge: %d latent rows have no caption; their text encoding is skipped", counts["latent_rows_without_caption"])
+    blocks = refs[1:]
+    return ray.data.from_arrow_refs(blocks) if blocks else []
 
 
-def _blank_to_key(batch: Any) -> Any:
-    """Rows without caption_id grouped under "" (counted, never encoded)."""
+@ray.remote(num_cpus=0.25, num_returns="streaming")
+def _distinct_captions(output: str, encoder_table: str, storage_options: dict, block_rows: int) -> Any:
+    """Yields the counts, then blocks of (caption_id, caption) to encode. Runs on a worker: the
+    caption columns of every latent shard and the embedded ids are read here, never on the
+    driver, and the blocks' references belong to the driver (a streaming generator's do)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    return batch.set_column(batch.schema.get_field_index("caption_id"), "caption_id", pc.fill_null(batch.column("caption_id"), ""))
-
-
-def _one_per_caption(group: Any, done: Any) -> Any:
-    import pyarrow as pa
-
-    cid = group.column("caption_id")[0].as_py()
-    caption = group.column("caption")[0].as_py() if cid else None
-    return pa.table({"caption_id": [cid], "caption": pa.array([caption], pa.string()), "_rows": [group.num_rows], "_done": [bool(cid) and cid in done]})
-
-
-def _is_todo(row: dict[str, Any]) -> bool:
-    return bool(row["caption_id"]) and not row["_done"]
-
-
-def _is_blank(row: dict[str, Any]) -> bool:
-    return not row["caption_id"]
+    table = read_table(output, LATENTS, ["caption_id", "caption"], storage_options)
+    if table.num_rows == 0:
+        table = pa.table({"caption_id": pa.array([], pa.string()), "caption": pa.array([], pa.string())})
+    ids = table.column("caption_id")
+    without_caption = table.num_rows - pc.count(ids).as_py()
+    distinct = table.filter(pc.is_valid(ids)).group_by("caption_id", use_threads=False).aggregate([("caption", "first")])
+    distinct = distinct.rename_columns(["caption_id", "caption"]).sort_by("caption_id")
+    done = pa.array(sorted(existing_values(output, encoder_table, "caption_id", storage_options)), pa.string())
+    todo = distinct.filter(pc.invert(pc.is_in(distinct.column("caption_id"), value_set=done)))
+    yield {
+        "latent_rows_without_caption": without_caption,
+        "captions_distinct": distinct.num_rows,
+        "embeddings_skipped_existing": distinct.num_rows - todo.num_rows,
+        "embeddings_written": 0,
+    }
+    for start in range(0, todo.num_rows, block_rows):
+        yield todo.slice(start, block_rows)
 
 
 def _encoder_name(cfg: Any) -> str:
@@ -264,11 +254,11 @@ TEXT = [
         "source",
         None,
         lambda job: f"distinct captions of {join(job.cfg.output, LATENTS)}/ without an embedding "
-        "(first computed on the cluster: ReadParquet, groupby caption_id, held in the object store)",
+        "(found by one Ray task that reads the caption columns; blocks in the object store)",
         read=distinct_captions,
         phase="text",
         enabled=text_enabled,
-        operators=("InputData", "Project"),  # the materialized captions, as Ray Data names them
+        operators=("FromArrow",),  # the task's blocks, as Ray Data names them
     ),
     Stage(
         "encode_text",
