@@ -102,7 +102,7 @@ VIDEO = [
         lambda job: "bucket and sample_id from probe metadata; samples already in the output are skipped from here on",
         resources=LIGHT,
         setup=_finished_samples,
-        args=lambda job: {"buckets": job.cfg.bucket_list(), "target_fps": job.cfg.prepare.target_fps, "done": job.state["done_latents"]},
+        args=lambda job: {"buckets": job.cfg.bucket_list(), "target_fps": job.cfg.prepare.target_fps, "done": job.state.get("done_latents", frozenset())},
     ),
     *CAPTION_STAGES,
     Stage(

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import ray
 
@@ -30,7 +30,7 @@ from latentforge.formats.shards import ERRORS
 from latentforge.operators import scenes
 from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, read_input, source
 from latentforge.pipelines.outputs import id_set
-from latentforge.pipelines.runtime import decode_figures, seconds_of, shuffle_partitions
+from latentforge.pipelines.runtime import decode_figures, seconds_of
 from latentforge.pipelines.sinks import RowSink
 from latentforge.pipelines.stages import LIGHT, Job, Stage, output_args
 from latentforge.rows import is_error, plain
@@ -126,28 +126,22 @@ def enabled(cfg: PipelineConfig) -> bool:
 
 
 def _check_names(job: Job) -> None:
-    """Clip file names of different sources must differ: checked on the cluster (a groupby on
-    the name stem over the input), before any clip is written, when the names could collide."""
+    """Clip file names of different sources must differ: checked by a Ray task that streams the
+    input's names (never the driver), before any clip is written, when names could collide."""
     opts = options(job.cfg)
     source = job.state.get("source")
     if source is None or not names_can_collide(opts):
         return
-    stems = source.flat_map(_stem_row, num_cpus=LIGHT.num_cpus)
-    stems.groupby("stem", num_partitions=shuffle_partitions()).map_groups(
-        _check_stem_group, fn_kwargs={"opts": opts}, batch_format="pyarrow", num_cpus=LIGHT.num_cpus
-    ).materialize()
+    ray.get(_check_names_task.remote(source.map(_name_fields, num_cpus=LIGHT.num_cpus), opts))
 
 
-def _stem_row(row: dict[str, Any]) -> list[dict[str, Any]]:
-    if is_error(row) or row.get("media_type") != "video":
-        return []
-    stem = os.path.splitext(os.path.basename(str(row["uri"]).rstrip("/")))[0]
-    return [{"stem": stem, "uri": row["uri"], "start_frame": plain(row.get("start_frame")), "end_frame": plain(row.get("end_frame"))}]
+def _name_fields(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: plain(row.get(k)) for k in ("uri", "start_frame", "end_frame", "media_type", "error")}
 
 
-def _check_stem_group(group: Any, opts: dict[str, Any]) -> Any:
-    check_clip_names(group.to_pylist(), opts)
-    return group.slice(0, 0)
+@ray.remote(num_cpus=LIGHT.num_cpus)
+def _check_names_task(names: Any, opts: dict[str, Any]) -> None:
+    check_clip_names(names.iter_rows(), opts)
 
 
 def _describe_stage(job: Job) -> str:
@@ -217,7 +211,7 @@ def names_can_collide(opts: dict[str, Any]) -> bool:
     return not (opts["mode"] == "virtual" or "{hash" in opts["clip_name"] or "{start" in opts["clip_name"])
 
 
-def check_clip_names(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
+def check_clip_names(rows: Iterable[dict[str, Any]], opts: dict[str, Any]) -> None:
     """Clip files of different sources must not share names (the default uses the file stem)."""
     if not names_can_collide(opts):
         return
