@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = pipelines.run(cfg)  # checks what it can before Ray starts (pipelines.preflight)
-    except (ConfigError, NotImplementedError) as e:
+    except (ConfigError, pipelines.ManifestError, NotImplementedError) as e:
         print(f"latentforge: {e}", file=sys.stderr)
         return 2
     counts = summary["counts"]

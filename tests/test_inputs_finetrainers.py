@@ -167,7 +167,7 @@ def test_hf_folder_metadata_jsonl_and_csv_in_sub_folders(tmp_path):
     assert summary == [
         (str(root / "videos" / "a.mp4"), "A cat.", None),
         (str(root / "videos" / "c.mov"), None, "empty caption"),
-        (None, None, "invalid JSON on line 4"),
+        (None, None, "invalid JSON (line 4)"),
         (str(root / "videos" / "b.png"), "A dog.", None),  # the nearest metadata file wins
         (str(root / "videos" / "d.webm"), "A bird.", None),
     ]

@@ -120,7 +120,7 @@ def test_ltx_null_caption_is_uncaptioned_but_blank_caption_is_an_error(tmp_path)
         "empty caption",
         "missing media path",
         "missing media path",
-        "unsupported media type '.xyz'",
+        "unsupported media type ('.xyz')",
         "unsupported media type (no extension)",
     ]
     assert all(r["error_stage"] == "source" for r in rows[1:])
@@ -137,7 +137,7 @@ def test_jsonl_bad_line_becomes_an_error_row_not_an_exception(tmp_path):
     path = tmp_path / "dataset.jsonl"
     path.write_text('{"caption": "a", "media_path": "a.mp4"}\n{not json\n\n{"caption": "b", "media_path": "b.mp4"}\n')
     rows = read_manifest(str(path))
-    assert [r["error"] for r in rows] == [None, "invalid JSON on line 2", None]
+    assert [r["error"] for r in rows] == [None, "invalid JSON (line 2)", None]
     assert rows[1]["error_stage"] == "source"
 
 

@@ -84,7 +84,7 @@ def test_split_writes_an_ltx_style_manifest(dataset, split_virtual):
     assert all("source_id" in x for x in lines)  # manifest columns travel with the clips
     counts = summary["counts"]
     assert counts["clips"] == len(lines) == 9 and counts["clips_written"] == 8 and counts["images_written"] == 1
-    assert counts["errors"] == 2 and counts["errors_by_reason"] == {"probe/unreadable media": 2}
+    assert counts["errors"] == 2 and counts["errors_by_reason"] == {"probe/not a video file": 1, "probe/empty file": 1}
     errors = read_table(cfg.output, "errors").to_pylist()
     assert sorted(Path(e["uri"]).name for e in errors) == ["corrupt.mp4", "empty.mp4"]
     # detection read every frame once, plus the segment overlaps of b.mp4

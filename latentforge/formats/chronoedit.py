@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from latentforge.formats.pixels import rgb8
 
 _BEFORE = ("before", "source", "input", "src", "image_before")
 _AFTER = ("after", "target", "output", "tgt", "edited", "image_after")
@@ -82,7 +84,7 @@ def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _rgb(path: str) -> Image.Image:
     with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+        return rgb8(im)
 
 
 def pair_video(before: str, after: str, dest: str | os.PathLike, fps: float = 16, pix_fmt: str = "yuv444p") -> Path:

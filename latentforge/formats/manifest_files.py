@@ -91,9 +91,9 @@ def read_table(fs: fsspec.AbstractFileSystem, path: str, url: str, byte_range: t
             raise ManifestError(f"{url}: invalid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, list):
             raise ManifestError(f"{url}: expected a JSON list of objects, found {type(data).__name__}")
-        records = [r if isinstance(r, dict) else BadRecord(f"entry {i} is not a JSON object") for i, r in enumerate(data)]
+        records = [r if isinstance(r, dict) else BadRecord(f"not a JSON object (entry {i})") for i, r in enumerate(data)]
         return Table(_columns(records), records)
-    records = [_json_record(line, f"on line {number}") for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    records = [_json_record(line, f"line {number}") for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     return Table(_columns(records), records)
 
 
@@ -111,10 +111,10 @@ def _read_jsonl_range(fs: fsspec.AbstractFileSystem, path: str, url: str, start:
             try:
                 line = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
             except UnicodeDecodeError:
-                records.append(BadRecord(f"line at byte {offset} is not UTF-8"))
+                records.append(BadRecord(f"not UTF-8 (the line at byte {offset})"))
                 continue
             if line.strip():
-                records.append(_json_record(line, f"on the line at byte {offset}"))
+                records.append(_json_record(line, f"the line at byte {offset}"))
     return Table(_columns(records), records)
 
 
@@ -122,8 +122,8 @@ def _json_record(line: str, where: str) -> Any:
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
-        return BadRecord(f"invalid JSON {where}")
-    return record if isinstance(record, dict) else BadRecord(f"not a JSON object {where}")
+        return BadRecord(f"invalid JSON ({where})")  # the place in parentheses: one error kind for all lines
+    return record if isinstance(record, dict) else BadRecord(f"not a JSON object ({where})")
 
 
 def sniff_columns(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[str]:

@@ -218,7 +218,7 @@ def make_row(base: str, ref: Any, caption: Any, extras: dict[str, Any], *, capti
     row["media_type"] = media_type_of(ref)
     if row["media_type"] is None:
         ext = extension(ref)
-        reason = f"unsupported media type '{ext}'" if ext else "unsupported media type (no extension)"
+        reason = f"unsupported media type ('{ext}')" if ext else "unsupported media type (no extension)"
         return error_row(row, STAGE, reason)
     if row["caption"] == "" or (row["caption"] is None and caption_required):
         row["caption"] = None

@@ -12,9 +12,10 @@ from typing import Any, Sequence
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from latentforge.buckets import Bucket, available_frames, choose_bucket, cover_resize, frame_indices, frame_step
+from latentforge.formats.pixels import rgb8
 from latentforge.operators.base import Resources
 from latentforge.operators.frame_clock import iter_indexed_frames
 from latentforge.rows import error_row, has_value, is_error, stable_hash
@@ -140,7 +141,7 @@ def decode_video_frames(
 
 def load_image(source: Any, bucket: Bucket, resize_filter: str = "area") -> np.ndarray:
     with Image.open(source) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        im = rgb8(im)
         plan = cover_resize(im.width, im.height, bucket.width, bucket.height)
         im = im.resize((plan.resize_width, plan.resize_height), _PIL_FILTERS[resize_filter])
         arr = np.asarray(im)

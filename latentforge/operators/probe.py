@@ -87,6 +87,40 @@ def probe_image(source: Any) -> dict[str, Any]:
     return {"fps": 0.0, "source_frames": 1, "width": width, "height": height, "rotation": 0, "has_audio": False}
 
 
+# What a file of each kind starts with: tells a truncated or damaged container from a file that
+# is not media at all (a renamed text file, an HTML error page saved as .mp4).
+_MAGIC = (
+    (4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"), (4, b"skip"),  # mp4 / mov
+    (0, b"\x1a\x45\xdf\xa3"),  # matroska / webm
+    (0, b"RIFF"),  # avi, webp
+    (0, b"\x89PNG"), (0, b"\xff\xd8\xff"),  # png, jpeg
+)
+
+
+def media_fault(uri: str, media_type: str | None, error: BaseException, storage_options: dict[str, Any] | None = None) -> str:
+    """A reason a person can act on, with its kind first (errors_by_reason groups by it): an
+    empty file, a file that is not media, a damaged or truncated container, no video stream,
+    no decodable frame; FFmpeg's own words in parentheses, without its errno and the path."""
+    detail = _detail(error, uri)
+    if isinstance(error, ValueError) and str(error) in ("no video stream", "no decodable video frames"):
+        return str(error)
+    try:
+        with open_input(uri, storage_options) as f:
+            head = f.read(16)
+    except Exception:  # noqa: BLE001 - the first error is the one to report
+        return f"unreadable media ({detail})"
+    if not head:
+        return "empty file (0 bytes)"
+    if not any(head[at : at + len(magic)] == magic for at, magic in _MAGIC):
+        return f"not a {media_type or 'media'} file (its content is not a known container: {detail})"
+    return f"damaged or truncated container ({detail})"
+
+
+def _detail(error: BaseException, uri: str) -> str:
+    text = getattr(error, "strerror", None) or str(error).strip() or type(error).__name__
+    return str(text).replace(f": '{uri}'", "").replace(uri, "").strip(" :")
+
+
 def probe(row: dict[str, Any], storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Row -> row with fps, width, height (as displayed), rotation, has_audio and its span.
 
@@ -105,8 +139,7 @@ def probe(row: dict[str, Any], storage_options: dict[str, Any] | None = None) ->
     except FileNotFoundError:
         return error_row(out, STAGE, f"{uri}: file not found")
     except Exception as e:  # noqa: BLE001 - any decoder failure is this row's problem only
-        reason = str(e).strip() or type(e).__name__
-        return error_row(out, STAGE, f"{uri}: unreadable media ({reason})")
+        return error_row(out, STAGE, f"{uri}: {media_fault(uri, row.get('media_type'), e, storage_options)}")
     out.update(meta)
     start = row.get("start_frame")
     end = row.get("end_frame")

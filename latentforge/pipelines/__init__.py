@@ -21,9 +21,14 @@ from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import PipelineConfig, apply_overrides, load_config
 from latentforge.pipelines import caption, export, precompute, runtime, split
 from latentforge.pipelines.caption import enabled as caption_enabled
+from latentforge.formats.manifest_files import ManifestError
 from latentforge.pipelines.caption_settings import preflight as caption_preflight
+from latentforge.pipelines.checks import check_storage
 from latentforge.pipelines.runtime import StagePlan
 from latentforge.pipelines.stages import Job, Stage
+
+
+__all__ = ["PIPELINES", "ManifestError", "export_output", "plan", "preflight", "run"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,9 @@ def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
 
 def preflight(cfg: PipelineConfig) -> None:
     """Checks that need neither Ray nor data, made before Ray starts, so that a config that
-    cannot run fails in a second with a ConfigError instead of after the cluster spins up."""
+    cannot run fails in a second with a ConfigError instead of after the cluster spins up:
+    the input is there and readable, the output writable, the captioner's settings work."""
+    check_storage(cfg)
     if caption_enabled(cfg):
         caption_preflight(cfg)
 

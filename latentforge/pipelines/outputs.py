@@ -9,6 +9,7 @@ finished ones without a ten-million-entry Python set on the driver or in every t
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -78,3 +79,70 @@ def read_shards(output: str, table: str, columns: list[str] | None = None, stora
     partitioning = ray.data.datasource.partitioning.Partitioning("hive", base_dir=root)
     ds = ray.data.read_parquet(paths, filesystem=arrow_fs(fs), partitioning=partitioning)
     return ds.select_columns(columns) if columns else ds
+
+
+@ray.remote(num_cpus=0.25)
+def _remove_duplicates(output: str, table: str, key: str, storage_options: dict[str, Any] | None) -> tuple[int, int]:
+    return remove_duplicates(output, table, key, storage_options)
+
+
+def remove_duplicates(output: str, table: str, key: str, storage_options: dict[str, Any] | None = None) -> tuple[int, int]:
+    """Keep one row per `key` in an output table; returns (rows removed, rows left).
+
+    Two manifest rows for one clip (the same line twice, or the same clip with two captions)
+    give one sample_id: both are encoded in the same pass, in different tasks, so only the
+    finished table shows them. Of the rows sharing an id the one whose caption_id sorts first
+    stays (a rule that does not depend on how Ray batched the rows); a shard that held a removed
+    row is rewritten under the name of the ids it keeps, then the old one is deleted, so a crash
+    between the two leaves a duplicate that the next run removes, never a lost row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from latentforge.formats.shards import shard_name
+    from latentforge.storage import write_bytes_atomic
+
+    fs, root = get_fs(join(output, table), storage_options)
+    paths = shard_paths(fs, root)
+    ids: list[str] = []
+    order: list[str] = []
+    sizes: list[int] = []
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            names = pq.read_schema(f).names
+            cols = pq.read_table(f, columns=[key] + (["caption_id"] if "caption_id" in names else []))
+        ids.extend(cols.column(key).to_pylist())
+        order.extend(cols.column("caption_id").to_pylist() if "caption_id" in cols.column_names else [None] * cols.num_rows)
+        sizes.append(cols.num_rows)
+    distinct = len(set(ids))
+    if distinct == len(ids):
+        return 0, distinct
+    keep: dict[str, tuple[str, int]] = {}  # id -> (caption_id, row) of the row that stays
+    for row, (sid, cid) in enumerate(zip(ids, order)):
+        if sid not in keep or (cid or "", row) < keep[sid]:
+            keep[sid] = (cid or "", row)
+    kept_rows = {row for _, row in keep.values()}
+    removed = start = 0
+    for path, size in zip(paths, sizes):
+        drop = {r - start for r in range(start, start + size) if r not in kept_rows}
+        start += size
+        if not drop:
+            continue
+        removed += len(drop)
+        with fs.open(path, "rb") as f:
+            whole = pq.read_table(f)
+        rest = whole.filter(pa.array([i not in drop for i in range(whole.num_rows)]))
+        new = posixpath.join(posixpath.dirname(path), shard_name(pc.cast(rest.column(key), pa.string()).to_pylist()))
+        if rest.num_rows:
+            sink = pa.BufferOutputStream()
+            pq.write_table(rest, sink, compression="zstd")
+            write_bytes_atomic(fs, new, sink.getvalue().to_pybytes())
+        if new != path or not rest.num_rows:
+            fs.rm(path)
+    return removed, distinct
+
+
+def dedupe(output: str, table: str, key: str, storage_options: dict[str, Any] | None = None) -> tuple[int, int]:
+    """`remove_duplicates` in a Ray task (it reads every id of the table: not on the driver)."""
+    removed, rows = ray.get(_remove_duplicates.remote(output, table, key, storage_options))
+    return int(removed), int(rows)

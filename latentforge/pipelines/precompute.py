@@ -27,7 +27,7 @@ from latentforge.pipelines.caption import STAGES as CAPTION_STAGES
 from latentforge.pipelines.caption import captioned_in_run, in_run
 from latentforge.pipelines.export import counts as export_counts
 from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, source
-from latentforge.pipelines.outputs import existing_ids
+from latentforge.pipelines.outputs import dedupe, existing_ids
 from latentforge.pipelines.runtime import decode_figures, seconds_of
 from latentforge.pipelines.sinks import ShardSink
 from latentforge.pipelines.split import STAGES as SPLIT_STAGES
@@ -94,6 +94,20 @@ def _latent_sink_args(job: Job) -> dict[str, Any]:
     return {"output": cfg.output, "table": LATENTS, "key": "sample_id", "partition": "bucket", "storage_options": cfg.storage_options, "metadata": metadata}
 
 
+def _one_row_per_sample(job: Job) -> None:
+    """Manifest rows naming one clip twice were both encoded; one row stays (docs/outputs.md).
+    The latents this run added are counted here, from the table itself: two tasks that wrote
+    the same sample alone wrote one shard name, so the sinks' count is not the table's."""
+    cfg = job.cfg
+    removed, rows = dedupe(cfg.output, LATENTS, "sample_id", cfg.storage_options)
+    done = job.state.get("done_latents")
+    job.state["latents_added"] = added = rows - (done.size if done is not None else 0)
+    written = job.results.get("write_latents", {}).get("counts", {}).get("written", 0)
+    job.state["duplicate_rows_skipped"] = duplicates = written - added
+    if duplicates:
+        log.warning("latentforge: %d manifest rows named a clip already in the run (%d shard rows rewritten); one row per sample_id kept", duplicates, removed)
+
+
 VIDEO = [
     Stage(
         "bucket",
@@ -144,10 +158,12 @@ VIDEO = [
         "write_latents",
         "write",
         ShardSink,
-        lambda job: f"{join(job.cfg.output, LATENTS)}/bucket=*/ and {join(job.cfg.output, ERRORS)}/",
+        lambda job: f"{join(job.cfg.output, LATENTS)}/bucket=*/ and {join(job.cfg.output, ERRORS)}/; then one row per sample_id",
         args=_latent_sink_args,
+        after=_one_row_per_sample,
     ),
 ]
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +320,8 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
         errors[reason] = errors.get(reason, 0) + n
     counts: dict[str, Any] = {
         "input_rows": input_counts(job).get("input_rows", 0),
-        "latents_written": video.get("counts", {}).get("written", 0),
+        "latents_written": job.state.get("latents_added", video.get("counts", {}).get("written", 0)),
+        "duplicate_rows_skipped": job.state.get("duplicate_rows_skipped", 0),
         "latents_skipped_existing": video.get("counts", {}).get("skipped_existing", 0),
         "errors": sum(errors.values()),
         "errors_by_reason": errors,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -278,16 +279,34 @@ def user_error(e: BaseException) -> BaseException | None:
 # run.json
 
 
+SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def is_secret(name: str) -> bool:
+    """A config key or option name that may hold a credential (storage_options.key, ...)."""
+    return any(word in name.lower() for word in SECRET_WORDS)
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line for run.json: `--set storage_options.secret=...` and the like masked
+    (a credential passed on the command line must not land in the output beside the data)."""
+    out = []
+    for arg in argv:
+        for m in re.finditer(r"([\w.-]+)=", arg):  # also --set=storage_options.key=...
+            if is_secret(m.group(1).rsplit(".", 1)[-1]):
+                arg = arg[: m.end()] + "***"
+                break
+        out.append(arg)
+    return out
+
+
 def redacted(cfg: PipelineConfig) -> dict[str, Any]:
     """The config for run.json and logs, with anything that looks like a credential masked."""
     data = cfg.model_dump(mode="json")
 
     def mask(node: Any) -> Any:
         if isinstance(node, dict):
-            return {
-                k: ("***" if any(s in k.lower() for s in ("key", "secret", "token", "password", "credential")) else mask(v))
-                for k, v in node.items()
-            }
+            return {k: ("***" if is_secret(k) else mask(v)) for k, v in node.items()}
         if isinstance(node, list):
             return [mask(v) for v in node]
         return node
@@ -332,7 +351,7 @@ def write_summary(job: Job, fields: dict[str, Any], module_versions: tuple[str, 
         **fields,
         "versions": versions(*module_versions),
         "config": redacted(cfg),
-        "command": sys.argv,
+        "command": redacted_argv(sys.argv),
     }
     write_run_summary(cfg.output, summary, cfg.storage_options)
     return summary

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
+import uuid
 from collections import Counter
 from typing import Any, Iterable, Iterator
 
@@ -251,8 +253,8 @@ def _assemble(cfg: PipelineConfig, read_parts: int) -> tuple[int, int]:
     so = cfg.storage_options
     mfs, mpath = get_fs(join(cfg.output, MANIFEST), so)
     lines = sources = 0
-    tmp = f"{mpath}.tmp-{os.getpid()}"
-    mfs.makedirs(os.path.dirname(mpath), exist_ok=True)
+    tmp = posixpath.join(posixpath.dirname(mpath), f".tmp-{uuid.uuid4().hex}-{MANIFEST}")
+    mfs.makedirs(posixpath.dirname(mpath), exist_ok=True)
     with mfs.open(tmp, "wb") as out:
         for index in range(read_parts):
             ofs, opath = get_fs(_order_url(cfg.output, index), so)

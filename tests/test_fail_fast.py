@@ -1,0 +1,96 @@
+"""Fail fast, in one line (issue 11): an input that is not there, an output that cannot be
+written and S3 without credentials stop `latentforge run` before Ray starts, with exit 2 and a
+message naming the path and the reason, no traceback; 16-bit images are scaled, not clipped;
+credentials given with --set never reach run.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentforge.buckets import parse_bucket
+from latentforge.operators.frames import load_image
+from latentforge.pipelines.runtime import redacted_argv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"input: {REPO / 'examples/media/dataset.jsonl'}\noutput: {tmp_path / 'out'}\nmodel: tiny\nbuckets: 64x64x9\n")
+    args = [a for kv in overrides for a in ("--set", kv)]
+    env = dict(env or os.environ, PYTHONPATH=str(REPO))  # this checkout, whatever is installed
+    return subprocess.run(
+        [sys.executable, "-m", "latentforge.cli", "run", str(config), *args],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "Ray" not in proc.stderr, "the check must come before Ray starts"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_missing_input_is_one_line(tmp_path):
+    line = one_line_error(run_cli(tmp_path, f"input={tmp_path / 'nope' / 'dataset.jsonl'}"))
+    assert line.startswith("latentforge: input ") and "nope/dataset.jsonl: not found" in line
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    line = one_line_error(run_cli(tmp_path, f"output={blocker / 'out'}"))
+    assert f"output {blocker / 'out'}: cannot write there" in line
+
+
+def test_s3_without_credentials_is_one_line(tmp_path, s3_endpoint):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_DEFAULT_REGION="us-east-1")
+    line = one_line_error(
+        run_cli(tmp_path, "input=s3://raw/dataset.jsonl", f"storage_options.client_kwargs.endpoint_url={s3_endpoint}", env=env)
+    )
+    assert "input s3://raw/dataset.jsonl: cannot be read" in line and "credentials" in line.lower()
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint32)[None, :] * 1040).repeat(64, 0).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    frame = load_image(str(tmp_path / "deep.png"), parse_bucket("64x64x1"))[0]
+    expected = np.rint(ramp / 257.0).astype(np.int16)
+    assert frame.shape == (64, 64, 3)
+    assert np.abs(frame[..., 0].astype(np.int16) - expected).max() <= 1
+    assert frame.mean() < 160  # clipped, the ramp was almost all 255 (mean ~251)
+
+
+def test_credentials_on_the_command_line_are_masked():
+    argv = ["latentforge", "run", "c.yaml", "--set", "storage_options.key=AKIAXXXX", "--set=storage_options.secret=s3cr3t",
+            "--set", "storage_options.client_kwargs.aws_session_token=TOKVALUE9", "--set", "encode_video.batch_size=8"]
+    masked = redacted_argv(argv)
+    assert not any(s in " ".join(masked) for s in ("AKIAXXXX", "s3cr3t", "TOKVALUE9"))
+    assert masked[-1] == "encode_video.batch_size=8" and masked[:3] == argv[:3]
+
+
+@pytest.mark.ray
+def test_run_json_never_holds_a_credential_given_with_set(tmp_path, ray_local, tiny_home, monkeypatch):
+    from latentforge.config import load_config
+    from latentforge.pipelines import run
+
+    secret = "wJalrXUtnFEMI-K7MDENG"
+    monkeypatch.setattr(sys, "argv", ["latentforge", "run", "c.yaml", "--set", f"storage_options.secret={secret}"])
+    cfg = load_config(None, [f"storage_options.secret={secret}"], input=str(REPO / "examples/media/dataset.jsonl"),
+                      output=str(tmp_path / "out"), model="tiny", buckets="64x64x9")
+    cfg.storage_options.clear()  # local files need none; the point is what run.json keeps of argv
+    run(cfg)
+    assert secret not in (tmp_path / "out" / "run.json").read_text()
