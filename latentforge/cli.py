@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(run)
     run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="delete the output's earlier results first (needed when options that change results differ from the run that made it)",
+    )
 
     plan = sub.add_parser(
         "plan",
@@ -98,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. --set storage_options.endpoint_url=http://... or --set ray.num_cpus=4 (repeatable)",
     )
     export.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    verify = sub.add_parser(
+        "verify",
+        help="check an output: every sample once, every shard whole, every caption embedded",
+        description="Check OUTPUT on Ray (ids and shapes by column projection): every shard opens, "
+        "no temporary file is left, no sample_id or caption_id twice, each latent's shape is its "
+        "bucket's, every caption of a latent has an embedding, no sample is both a latent and an "
+        "error; with --input, every manifest row is a latent or an error row. Exit 0 when all "
+        "holds, 1 with the list of problems otherwise.",
+    )
+    verify.add_argument("output", help="a latentforge output folder or bucket prefix")
+    verify.add_argument("--input", help="the manifest (or folder) the output was made from")
+    verify.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set storage_options.endpoint_url=http://... (repeatable)")
+    verify.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     _add_cluster_args(sub)
     _add_job_args(sub)
     return parser
@@ -233,11 +250,26 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from latentforge.pipelines import verify_output
+
+    overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
+    report = verify_output(args.output, args.input, overrides)
+    for kind, entry in sorted(report["problems"].items()):
+        print(f"PROBLEM {kind}: {entry['count']}", file=sys.stderr)
+        for example in entry["examples"]:
+            print(f"  {example}", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "export":
         return _export(args)
+    if args.command == "verify":
+        return _verify(args)
     if args.command == "cluster":
         return _cluster(args)
     if args.command in JOB_COMMANDS:
@@ -275,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        summary = pipelines.run(cfg)  # checks what it can before Ray starts (pipelines.preflight)
+        summary = pipelines.run(cfg, overwrite=args.overwrite)  # checks what it can before Ray starts (pipelines.preflight)
     except (ConfigError, pipelines.ManifestError, NotImplementedError) as e:
         print(f"latentforge: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import PipelineConfig, apply_overrides, load_config
-from latentforge.pipelines import caption, export, precompute, runtime, split
+from latentforge.pipelines import caption, export, fingerprint, precompute, runtime, split, verify
 from latentforge.pipelines.caption import enabled as caption_enabled
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.pipelines.caption_settings import preflight as caption_preflight
@@ -28,7 +28,7 @@ from latentforge.pipelines.runtime import StagePlan
 from latentforge.pipelines.stages import Job, Stage
 
 
-__all__ = ["PIPELINES", "ManifestError", "export_output", "plan", "preflight", "run"]
+__all__ = ["PIPELINES", "ManifestError", "export_output", "plan", "preflight", "run", "verify_output"]
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,18 @@ def preflight(cfg: PipelineConfig) -> None:
         caption_preflight(cfg)
 
 
-def run(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the pipeline the config names; returns the summary also written to run.json."""
+def run(cfg: PipelineConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Run the pipeline the config names; returns the summary also written to run.json.
+    An output made with other result options is refused (docs/outputs.md), unless `overwrite`,
+    which deletes its earlier results first."""
     preflight(cfg)
+    now = fingerprint.fingerprint(fingerprint.result_options(cfg, split.enabled(cfg), caption_enabled(cfg)))
+    if overwrite:
+        fingerprint.clear_output(cfg.output, cfg.storage_options)
+    else:
+        fingerprint.check(cfg, now)
     pipeline = PIPELINES[cfg.pipeline]
-    return runtime.run(pipeline.stages, cfg, pipeline.summarize)
+    return runtime.run(pipeline.stages, cfg, pipeline.summarize, extra={"fingerprint": now})
 
 
 def export_output(output: str, formats: list[str], to: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -89,6 +96,14 @@ def export_output(output: str, formats: list[str], to: str | None = None, overri
     )
     job = runtime.execute(export.STAGES, runtime.start(cfg, new_run=False))
     return {"output": output, "to": {name: export.export_root(cfg, name) for name in formats}, **export.counts(job)}
+
+
+def verify_output(output: str, input_url: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`latentforge verify`: the report of `verify.verify`, on the embedded Ray or a cluster."""
+    options = apply_overrides({}, list(overrides or []))
+    ray_options = options.get("ray") or {}
+    connect(ray_options.get("address"), ray_options.get("num_cpus"))
+    return verify.verify(output, input_url, options.get("input_format") or "auto", options.get("storage_options") or {})
 
 
 def _storage_options(overrides: list[str] | None) -> dict[str, Any]:

@@ -194,7 +194,8 @@ def _setup(job: Job) -> None:
     ctx, buckets, embeddings = output_context(cfg.output, cfg.storage_options, cfg.input)
     check(list(cfg.export), ctx, buckets, embeddings)
     # what earlier runs exported, per layout: listed by a Ray task, kept in the object store
-    done = {name: id_set(exported_ids, name, export_root(cfg, name), cfg.storage_options) for name in cfg.export}
+    so = cfg.storage_options
+    done = {name: id_set(exported_ids, name, export_root(cfg, name), so, unless_missing=export_root(cfg, name), storage_options=so) for name in cfg.export}
     job.state["export"] = {"ctx": ctx, "embeddings": embeddings, "done": done}
 
 

@@ -17,12 +17,12 @@ from latentforge.formats.manifests import plan_reads, read_part
 from latentforge.operators import probe as probe_op
 from latentforge.pipelines.stages import LIGHT, Job, Stage, always
 from latentforge.pipelines.tally import report, start_tally, totals
-from latentforge.rows import has_value, is_error
+from latentforge.rows import is_error
 
 # A row's place in the input: read part << INDEX_BITS | row within the part (sortable, unique).
 INDEX_BITS = 32
 READ_OPERATORS = ("FromItems", "FlatMap(read_part_rows)", "StreamingRepartition")  # as Ray Data names them
-MAX_ROWS_PER_BLOCK = 64
+MAX_ROWS_PER_BLOCK = 512
 BLOCKS_PER_CPU = 4
 
 
@@ -40,7 +40,6 @@ def read_part_rows(part: dict[str, Any], storage_options: dict[str, Any], tally:
         "input_rows": len(rows),
         "videos": sum(1 for r in good if r.get("media_type") == "video"),
         "images": sum(1 for r in good if r.get("media_type") == "image"),
-        "spans_given": sum(1 for r in rows if has_value(r.get("start_frame")) or has_value(r.get("end_frame"))),
     }
     if keep is not None:
         rows, more = keep["fn"](rows, part, **keep["kwargs"])
@@ -52,8 +51,8 @@ def read_part_rows(part: dict[str, Any], storage_options: dict[str, Any], tally:
 def read_input(job: Job, keep: dict[str, Any] | None = None) -> Any:
     """The manifest as a Ray Dataset (one task per read part); kept in `job.state["source"]`."""
     cfg = job.cfg
+    job.state["tally"] = tally = start_tally()  # first: the actor starts while the parts are planned
     parts = [dict(part, index=i) for i, part in enumerate(plan_reads(cfg.input, cfg.input_format, cfg.storage_options))]
-    job.state["tally"] = tally = start_tally()
     job.state["read_parts"] = len(parts)
     ds = ray.data.from_items(parts, override_num_blocks=len(parts)).flat_map(
         read_part_rows,
@@ -78,7 +77,8 @@ def cluster_cpus() -> int:
 
 
 def input_counts(job: Job) -> dict[str, int]:
-    """What the read tasks counted: input_rows, videos, images (good rows by media type), spans_given."""
+    """What the read tasks counted: input_rows, videos and images (good rows by media type), and
+    what a pipeline's read hook added."""
     return totals(job.state.get("tally"))["counts"]
 
 

@@ -36,6 +36,9 @@ class IdSet:
         return i < len(ids) and ids[i] == needle
 
 
+EMPTY = IdSet(None, 0)
+
+
 def _resolve(ref: Any) -> np.ndarray:
     key = ref.hex()
     if key not in _CACHE:
@@ -52,15 +55,21 @@ def _collect(read: Callable[..., Iterable[str]], *args: Any) -> tuple[np.ndarray
     return ids, len(ids)
 
 
-def id_set(read: Callable[..., Iterable[str]], *args: Any) -> IdSet:
-    """The ids that `read(*args)` yields, collected by a Ray task into the object store."""
+def id_set(read: Callable[..., Iterable[str]], *args: Any, unless_missing: str | None = None, storage_options: dict[str, Any] | None = None) -> IdSet:
+    """The ids that `read(*args)` yields, collected by a Ray task into the object store; EMPTY
+    right away when `unless_missing` (a folder the ids live under) does not exist."""
+    if unless_missing is not None:
+        fs, path = get_fs(unless_missing, storage_options)
+        if not fs.exists(path):
+            return EMPTY
     ref, size = _collect.remote(read, *args)
     return IdSet(ref, int(ray.get(size)))
 
 
 def existing_ids(output: str, table: str, column: str, storage_options: dict[str, Any] | None = None) -> IdSet:
-    """The `column` values already written under output/table, as an IdSet."""
-    return id_set(existing_values, output, table, column, storage_options)
+    """The `column` values already written under output/table, as an IdSet (a fresh output's is
+    EMPTY, without starting a task)."""
+    return id_set(existing_values, output, table, column, storage_options, unless_missing=join(output, table), storage_options=storage_options)
 
 
 def arrow_fs(fs: Any) -> Any:
@@ -144,5 +153,8 @@ def remove_duplicates(output: str, table: str, key: str, storage_options: dict[s
 
 def dedupe(output: str, table: str, key: str, storage_options: dict[str, Any] | None = None) -> tuple[int, int]:
     """`remove_duplicates` in a Ray task (it reads every id of the table: not on the driver)."""
+    fs, root = get_fs(join(output, table), storage_options)
+    if not fs.exists(root):
+        return 0, 0
     removed, rows = ray.get(_remove_duplicates.remote(output, table, key, storage_options))
     return int(removed), int(rows)

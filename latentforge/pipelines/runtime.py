@@ -357,11 +357,12 @@ def write_summary(job: Job, fields: dict[str, Any], module_versions: tuple[str, 
     return summary
 
 
-def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tuple[dict[str, Any], tuple[str, ...]]]) -> dict[str, Any]:
+def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tuple[dict[str, Any], tuple[str, ...]]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start, execute the list, summarise; returns the summary also written to run.json."""
     started_at = datetime.now(timezone.utc).isoformat()
     job = execute(stages, start(cfg))
     if "tally" in job.state and not totals(job.state["tally"])["counts"].get("input_rows"):
         raise ManifestError(f"{cfg.input}: no rows (the input is empty)")
     fields, module_versions = summarize(job)
+    fields.update(extra or {})
     return write_summary(job, fields, module_versions, started_at)

@@ -308,7 +308,7 @@ def _existing_parts(output: str, storage_options: dict | None) -> list[str]:
 def read_sources(job: Job) -> Any:
     """`pipeline: split`'s source: the manifest's rows, less the sources whose part exists."""
     cfg = job.cfg
-    existing = id_set(_existing_parts, cfg.output, cfg.storage_options)
+    existing = id_set(_existing_parts, cfg.output, cfg.storage_options, unless_missing=join(cfg.output, PARTS), storage_options=cfg.storage_options)
     log.info("latentforge split: %d sources already split in %s", existing.size, cfg.output)
     keep = {"fn": _keys_of_part, "kwargs": {"opts": options(cfg), "output": cfg.output, "storage_options": cfg.storage_options, "existing": existing}}
     return read_input(job, keep=keep)
