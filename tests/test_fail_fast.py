@@ -94,3 +94,19 @@ def test_run_json_never_holds_a_credential_given_with_set(tmp_path, ray_local, t
     cfg.storage_options.clear()  # local files need none; the point is what run.json keeps of argv
     run(cfg)
     assert secret not in (tmp_path / "out" / "run.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model=wan2.1"], "model Wan-AI/"),  # the VAE and text encoder of a real preset, no cache, no hub
+        (["model=tiny", "caption.enabled=true", "caption.model=Qwen/Qwen2.5-VL-7B-Instruct"], "caption.model Qwen/"),
+        (["model=wan2.1", "model_path={tmp}/empty-folder"], "model_path "),
+    ],
+)
+def test_a_model_that_cannot_load_is_one_line(tmp_path, overrides, key):
+    (tmp_path / "empty-folder").mkdir()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))  # no cache; the hub is not asked
+    line = one_line_error(run_cli(tmp_path, *[o.format(tmp=tmp_path) for o in overrides], env=env))
+    assert line.startswith(f"latentforge: {key}"), line
+    assert "model_path" in line or "no vae/config.json" in line

@@ -84,3 +84,35 @@ def test_cpu_threads_follow_the_node_cpus_not_ray_omp_default():
         assert stage.num_threads == torch.get_num_threads() == node_cpus()
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_bad_sample_costs_the_batch_nothing(monkeypatch):
+    """A sample the VAE fails on, and one whose latent is NaN, become error rows of encode_video;
+    the other samples of the same model call still get exactly the VAE's latent (issue 11)."""
+    shapes = [(5, 32, 32, 3)] * 4
+    batch = _batch(shapes)
+    for i in (0, 3):
+        batch["frames"][i][0, 0, 0, 0] = 0  # unmarked
+    batch["frames"][1][0, 0, 0, 0] = 201  # the marked sample makes the call raise
+    batch["frames"][2][0, 0, 0, 0] = 202  # this one gives NaN
+    frames = [f.copy() for f in batch["frames"]]
+    stage = VideoEncodeStage("tiny-wan2.1", dtype="float32", device="cpu", micro_batch=4)
+    real = stage.encode
+
+    def flaky(stack):
+        if (stack[:, 0, 0, 0, 0] == 201).any():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        mean, logvar = real(stack)
+        mean[stack[:, 0, 0, 0, 0] == 202] = float("nan")
+        return mean, logvar
+
+    monkeypatch.setattr(stage, "encode", flaky)
+    out = stage(batch)
+    assert [out["error_stage"][i] for i in range(4)] == [None, "encode_video", "encode_video", None]
+    assert out["error"][1].startswith("vae encode failed (RuntimeError: CUDA error")
+    assert "NaN or inf" in out["error"][2] and out["latent_bytes"][2] is None
+    vae = load_vae(get_preset("tiny-wan2.1"))
+    for i in (0, 3):
+        with torch.no_grad():
+            expected = vae.encode(frames_to_input(frames[i][None])).latent_dist.mean[0]
+        torch.testing.assert_close(from_columns({k: out[k][i] for k in out}, "latent"), expected)

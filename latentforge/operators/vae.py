@@ -74,6 +74,29 @@ class VideoEncodeStage:
         dist = self.vae.encode(x).latent_dist
         return dist.mean, dist.logvar
 
+    def encode_rows(self, frames_col: Any, rows: list[int]) -> dict[int, Any]:
+        """Row -> (mean, logvar) for same-shape `rows`, or the exception that row alone raised.
+
+        A failing call is split until the row at fault is found, so one bad sample never costs
+        the others their latents; a row that runs out of memory alone is tried once more with
+        the VAE's tiling switched on, where the class has it. A latent with NaN or inf is an
+        error, never stored."""
+        try:
+            mean, logvar = self.encode(np.stack([frames_col[i] for i in rows]))
+        except Exception as e:  # noqa: BLE001 - isolated below; one bad row never kills the batch
+            if len(rows) > 1:
+                half = len(rows) // 2
+                return {**self.encode_rows(frames_col, rows[:half]), **self.encode_rows(frames_col, rows[half:])}
+            if is_out_of_memory(e) and hasattr(self.vae, "enable_tiling") and not getattr(self.vae, "use_tiling", False):
+                self.vae.enable_tiling()
+                return self.encode_rows(frames_col, rows)
+            return {rows[0]: e}
+        out: dict[int, Any] = {}
+        for j, i in enumerate(rows):
+            finite = bool(torch.isfinite(mean[j]).all()) and (not self.store_logvar or bool(torch.isfinite(logvar[j]).all()))
+            out[i] = (mean[j], logvar[j]) if finite else FloatingPointError("the latent has NaN or inf values")
+        return out
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         n = len(batch["sample_id"])
@@ -83,6 +106,7 @@ class VideoEncodeStage:
         results: dict[str, list[Any]] = {
             f"{name}_{part}": [None] * n for name in names for part in ("bytes", "shape", "dtype")
         }
+        failed: dict[int, str] = {}
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i in range(n):
             if (errors is not None and has_value(errors[i])) or frames_col[i] is None or frames_col[i].size == 0:
@@ -90,16 +114,25 @@ class VideoEncodeStage:
             groups[tuple(frames_col[i].shape)].append(i)
         for rows in groups.values():
             for k in range(0, len(rows), self.micro_batch):
-                chunk = rows[k : k + self.micro_batch]
-                mean, logvar = self.encode(np.stack([frames_col[i] for i in chunk]))
-                for j, i in enumerate(chunk):
-                    tensors = {"latent": mean[j], "logvar": logvar[j]}
+                for i, result in self.encode_rows(frames_col, rows[k : k + self.micro_batch]).items():
+                    if isinstance(result, BaseException):
+                        failed[i] = f"vae encode failed ({type(result).__name__}: {str(result).strip()[:300]})"
+                        continue
+                    tensors = {"latent": result[0], "logvar": result[1]}
                     for name in names:
                         for key, value in to_columns(name, tensors[name], self.dtype_name).items():
                             results[key][i] = value
         out = dict(batch)
         for key, values in results.items():
             out[key] = object_column(values)
+        if failed:
+            stages = batch.get("error_stage")
+            out["error"] = object_column([failed.get(i, errors[i] if errors is not None else None) for i in range(n)])
+            out["error_stage"] = object_column([STAGE if i in failed else (stages[i] if stages is not None else None) for i in range(n)])
         elapsed = (time.perf_counter() - t0) / max(n, 1)
         out["_seconds_encode_video"] = np.full(n, elapsed)
         return out
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()

@@ -23,7 +23,7 @@ from latentforge.pipelines import caption, export, fingerprint, precompute, runt
 from latentforge.pipelines.caption import enabled as caption_enabled
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.pipelines.caption_settings import preflight as caption_preflight
-from latentforge.pipelines.checks import check_storage
+from latentforge.pipelines.checks import check_models, check_storage
 from latentforge.pipelines.runtime import StagePlan
 from latentforge.pipelines.stages import Job, Stage
 
@@ -60,9 +60,10 @@ def preflight(cfg: PipelineConfig) -> None:
     """Checks that need neither Ray nor data, made before Ray starts, so that a config that
     cannot run fails in a second with a ConfigError instead of after the cluster spins up:
     the input is there and readable, the output writable, the captioner's settings work."""
-    check_storage(cfg)
-    if caption_enabled(cfg):
+    if caption_enabled(cfg):  # settings first: they need no I/O
         caption_preflight(cfg)
+    check_storage(cfg)
+    check_models(cfg, caption_enabled(cfg))
 
 
 def run(cfg: PipelineConfig, overwrite: bool = False) -> dict[str, Any]:
