@@ -71,19 +71,21 @@ def run_once(repo: Path, rows: int, workdir: Path, extra: list[str]) -> dict:
     )
     env = dict(os.environ, PYTHONPATH=str(repo), RAY_DEDUP_LOGS="0")
     command = [sys.executable, "-m", "latentforge.cli", "run", str(config), *extra]
+    log_path = workdir / f"run_{rows}.log"  # a file, not a pipe: a full pipe would stall the run's logging
     t0 = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
     first_output = None
-    while proc.poll() is None:
-        kib = peak_kib(proc.pid)
-        if kib:
-            peak = max(peak, kib)
-        if first_output is None and first_shard(output):
-            first_output = time.perf_counter() - t0
-        time.sleep(0.1)
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(command, cwd=repo, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None:
+            kib = peak_kib(proc.pid)
+            if kib:
+                peak = max(peak, kib)
+            if first_output is None and first_shard(output):
+                first_output = time.perf_counter() - t0
+            time.sleep(0.1)
     wall = time.perf_counter() - t0
-    log = proc.stdout.read()
+    log = log_path.read_text()
     if proc.returncode != 0:
         sys.exit(f"run of {rows} rows failed ({proc.returncode}):\n{log[-3000:]}")
     summary = json.loads((output / "run.json").read_text())

@@ -234,8 +234,8 @@ class PipelineConfig(_Section):
     model: str = "wan2.1"
     buckets: str = "832x480x49;480x832x49;624x624x49"
     pipeline: Literal["split", "caption", "precompute", "all"] = "precompute"
-
     input_format: Literal["auto", "ltx", "fastvideo", "lists", "caption_files", "chronoedit", "folder", "webdataset", "hf_folder", "parquet"] = "auto"
+    input_allow_outside: bool = Field(False, description="read relative media paths that climb out of the manifest's folder (../)")
     model_path: Optional[str] = Field(None, description="local diffusers-format folder instead of the preset's Hub id")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for s3:// etc.")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)

@@ -61,7 +61,7 @@ def test_ltx_jsonl_resolves_relative_paths_and_passes_columns_through(tmp_path):
             {"caption": "remote", "media_path": "s3://bucket/k/y.mov"},
         ],
     )
-    rows = read_manifest(str(manifest))
+    rows = read_manifest(str(manifest), allow_outside=True)
     assert_uniform(rows)
     assert [r["uri"] for r in rows] == [
         str(tmp_path / "data" / "clips" / "cat.mp4"),
@@ -75,6 +75,18 @@ def test_ltx_jsonl_resolves_relative_paths_and_passes_columns_through(tmp_path):
     assert rows[1]["score"] == 0.5 and rows[0]["score"] is None
     assert "media_path" not in rows[0]  # consumed into uri
     assert all(r["error"] is None and r["error_stage"] is None for r in rows)
+    # by default a path that climbs out of the manifest's folder is refused, the others are read
+    refused = read_manifest(str(manifest))
+    assert [r["error"] for r in refused] == [None, "media path leaves the manifest's folder (set input_allow_outside: true to read it)", None, None]
+    assert refused[1]["uri"] == str(tmp_path / "elsewhere" / "dog.PNG")  # named in the error row
+
+
+def test_media_paths_that_climb_out_are_told_apart(tmp_path):
+    from latentforge.formats.manifest_readers import leaves
+
+    assert [leaves("/d", p) for p in ("../x.mp4", "a/../../x.mp4", "..", "a/../x.mp4", "..clips/x.mp4", "/abs/x.mp4", "s3://b/x.mp4", "./x.mp4")] == [
+        True, True, True, False, False, False, False, False,
+    ]
 
 
 def test_ltx_csv_and_json_with_video_alias(tmp_path):
@@ -345,7 +357,7 @@ def test_ltx_jsonl_on_s3_gives_s3_urls(s3):
     ]
     fs.pipe("lf-data/ds/dataset.jsonl", "".join(json.dumps(r) + "\n" for r in lines).encode())
     assert detect_format("s3://lf-data/ds", storage_options=options) == "ltx"
-    rows = read_manifest("s3://lf-data/ds/dataset.jsonl", storage_options=options)
+    rows = read_manifest("s3://lf-data/ds/dataset.jsonl", storage_options=options, allow_outside=True)
     assert [r["uri"] for r in rows] == ["s3://lf-data/ds/clips/a.mp4", "s3://lf-data/other/b.png", "s3://lf-data/ds/clips/c.mp4"]
     assert [r["media_type"] for r in rows] == ["video", "image", "video"]
     assert [r["tag"] for r in rows] == [1, None, None]

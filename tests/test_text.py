@@ -201,3 +201,15 @@ def test_resources_and_defaults(tiny_home):
     stage = TextEncodeStage("tiny")
     assert stage.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert stage.dtype_name == ("bfloat16" if torch.cuda.is_available() else "float32")
+
+
+def test_captions_longer_than_the_encoder_keeps_are_counted():
+    """encode_prompt cuts a caption at max_sequence_length without a word; the stage marks each
+    such caption so run.json can count them (`captions_truncated`, issue 11)."""
+    preset = get_preset("tiny-ltx-video")  # keeps 128 tokens
+    stage = TextEncodeStage("tiny-ltx-video", dtype="float32", device="cpu")
+    long = " ".join(f"word{i}" for i in range(400))
+    batch = {"caption_id": np.array(["a", "b", "c"], dtype=object), "caption": np.array(["A short caption.", long, long], dtype=object)}
+    out = stage(batch)
+    assert list(out["_count_captions_truncated"]) == [0, 1, 1]
+    assert len(stage.pipe.tokenizer(long)["input_ids"]) > preset.max_sequence_length

@@ -7,6 +7,7 @@ error rows with error_stage "source"; whole-input problems raise `ManifestError`
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from latentforge.rows import error_row
 from latentforge.storage import join, resolve, to_url
 
 STAGE = "source"
+LEAVES_ROOT = "_leaves_root"  # a relative media path that climbs out of the manifest's folder
 STANDARD_KEYS = ("uri", "media_type", "caption")
 ERROR_KEYS = ("error", "error_stage")
 
@@ -215,6 +217,8 @@ def make_row(base: str, ref: Any, caption: Any, extras: dict[str, Any], *, capti
         return error_row(row, STAGE, "missing media path")
     ref = str(ref).strip()
     row["uri"] = resolve(base, ref)
+    if leaves(base, ref):
+        row[LEAVES_ROOT] = True  # refused or kept by `manifests.read_part`, per input_allow_outside
     row["media_type"] = media_type_of(ref)
     if row["media_type"] is None:
         ext = extension(ref)
@@ -230,6 +234,15 @@ def _only_bad_records(plan: Plan, table: Table) -> bool:
     """A byte range of a large manifest may hold no good line (or none at all): its columns say
     nothing about the file's, so its bad lines are error rows and nothing is refused."""
     return plan.byte_range is not None and not any(isinstance(r, dict) for r in table.records)
+
+
+def leaves(base: str, ref: str) -> bool:
+    """A relative media path whose `..` climbs out of `base` (absolute paths and URLs are the
+    manifest's explicit choice and do not count)."""
+    if "://" in ref or ref.startswith("/") or (len(ref) > 1 and ref[1] == ":"):
+        return False
+    path = posixpath.normpath(ref.replace("\\", "/"))
+    return path == ".." or path.startswith("../")
 
 
 def _blank_row() -> dict[str, Any]:

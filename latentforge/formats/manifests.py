@@ -71,6 +71,8 @@ from latentforge.formats.manifest_files import (
 from latentforge.formats.manifest_readers import (
     CAPTION_LISTS,
     CHRONOEDIT_NAME,
+    LEAVES_ROOT,
+    STAGE,
     FASTVIDEO_NAME,
     LTX_MEDIA_COLUMNS,
     LTX_NAMES,
@@ -89,6 +91,7 @@ from latentforge.formats.table_inputs import (
     read_parquet_file,
 )
 from latentforge.formats.webdataset import SHARD_EXTENSION, read_shard, read_webdataset, shard_files
+from latentforge.rows import error_row
 from latentforge.storage import get_fs, to_url
 
 __all__ = ["FORMATS", "MEDIA_EXTENSIONS", "ManifestError", "detect_format", "media_type_of", "plan_reads", "read_manifest", "read_part"]
@@ -112,13 +115,14 @@ def detect_format(input_url: str, storage_options: dict[str, Any] | None = None)
 
 
 def read_manifest(
-    input_url: str, input_format: str = "auto", storage_options: dict[str, Any] | None = None
+    input_url: str, input_format: str = "auto", storage_options: dict[str, Any] | None = None, allow_outside: bool = False
 ) -> list[dict[str, Any]]:
     """Rows for every media reference in the input, in manifest order, all with the same keys.
 
     The whole input in this process: for tools and tests. Pipelines read `plan_reads`' parts
     with `read_part` in Ray tasks, so the driver never holds the rows."""
-    rows = [row for part in plan_reads(input_url, input_format, storage_options) for row in read_part(part, storage_options)]
+    parts = plan_reads(input_url, input_format, storage_options)
+    rows = [row for part in parts for row in read_part(part, storage_options, allow_outside)]
     if not rows:
         raise ManifestError(f"{input_url}: no rows (the input is empty)")
     return uniform(rows)
@@ -155,8 +159,9 @@ def _estimate(fs: fsspec.AbstractFileSystem, path: str, per_row: int) -> int:
     return max(1, fs.size(path) // per_row)
 
 
-def read_part(part: dict[str, Any], storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The rows of one read part (see `plan_reads`), all with the same keys."""
+def read_part(part: dict[str, Any], storage_options: dict[str, Any] | None = None, allow_outside: bool = False) -> list[dict[str, Any]]:
+    """The rows of one read part (see `plan_reads`), all with the same keys. A relative media
+    path that leaves the manifest's folder (`../`) is an error row unless `allow_outside`."""
     fs, _ = get_fs(part["url"], storage_options)
     if part["reader"] == "shard":
         rows = read_shard(fs, part["path"], part["url"])
@@ -165,7 +170,13 @@ def read_part(part: dict[str, Any], storage_options: dict[str, Any] | None = Non
     else:
         byte_range = tuple(part["byte_range"]) if part["byte_range"] is not None else None
         rows = READERS[part["format"]](fs, Plan(part["format"], part["path"], part["url"], part["is_dir"], byte_range=byte_range))
-    return uniform(rows)
+    return uniform([_outside(row, allow_outside) for row in rows])
+
+
+def _outside(row: dict[str, Any], allow: bool) -> dict[str, Any]:
+    if not row.pop(LEAVES_ROOT, False) or allow:
+        return row
+    return error_row(row, STAGE, "media path leaves the manifest's folder (set input_allow_outside: true to read it)")
 
 
 # ---------------------------------------------------------------------------------------------

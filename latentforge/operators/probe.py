@@ -112,8 +112,12 @@ def media_fault(uri: str, media_type: str | None, error: BaseException, storage_
     if not head:
         return "empty file (0 bytes)"
     if not any(head[at : at + len(magic)] == magic for at, magic in _MAGIC):
-        return f"not a {media_type or 'media'} file (its content is not a known container: {detail})"
+        return f"not {_a(media_type or 'media')} file (its content is not a known container: {detail})"
     return f"damaged or truncated container ({detail})"
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
 def _detail(error: BaseException, uri: str) -> str:
@@ -150,5 +154,5 @@ def probe(row: dict[str, Any], storage_options: dict[str, Any] | None = None) ->
     out["num_frames"] = max(0, end - start)
     out["_seconds_probe"] = time.perf_counter() - t0
     if out["num_frames"] <= 0:
-        return error_row(out, STAGE, f"{uri}: empty span [{start}, {end})")
+        return error_row(out, STAGE, f"{uri}: empty span (frames [{start}, {end}) of {meta['source_frames']})")
     return out

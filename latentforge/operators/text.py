@@ -108,6 +108,18 @@ def extra_columns(pipe, preset, stacked_hidden_states: bool = False) -> list[str
     return []
 
 
+def truncated(pipe, preset, captions: Sequence[str]) -> list[bool]:
+    """Whether each caption has more tokens than the encoder keeps (max_sequence_length): those
+    are cut by encode_prompt, silently; run.json counts them (`captions_truncated`). Counted with
+    the pipeline's tokenizer and special tokens, before any prompt template (HunyuanVideo's
+    template takes some of the budget too, so its count is a lower bound)."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return [False] * len(captions)
+    lengths = [len(ids) for ids in tokenizer(list(captions), add_special_tokens=True, truncation=False)["input_ids"]]
+    return [n > preset.max_sequence_length for n in lengths]
+
+
 def encode_captions(
     pipe, preset, captions: list[str], device: str | torch.device, dtype: torch.dtype, stacked_hidden_states: bool = False
 ) -> list[tuple[torch.Tensor, int, dict[str, torch.Tensor]]]:
@@ -236,6 +248,7 @@ class TextEncodeStage:
         ]
         unique = list(dict.fromkeys(t for t in texts if t is not None))
         encoded = self._encode_all(unique)
+        cut = dict(zip(unique, truncated(self.pipe, self.preset, unique))) if unique else {}
 
         names = ["embedding", *self.extra_columns]
         cols: dict[str, list[Any]] = {f"{nm}_{part}": [None] * n for nm in names for part in ("bytes", "shape", "dtype")}
@@ -276,5 +289,6 @@ class TextEncodeStage:
             out["error"] = object_column(err_col)
             out["error_stage"] = object_column(stage_col)
         out["_seconds_encode_text"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
+        out["_count_captions_truncated"] = np.array([int(cut.get(t, False)) if t is not None else 0 for t in texts], dtype=np.int64)
         return out
 

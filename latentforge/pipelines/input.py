@@ -26,12 +26,14 @@ MAX_ROWS_PER_BLOCK = 512
 BLOCKS_PER_CPU = 4
 
 
-def read_part_rows(part: dict[str, Any], storage_options: dict[str, Any], tally: Any, keep: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def read_part_rows(
+    part: dict[str, Any], storage_options: dict[str, Any], tally: Any, keep: dict[str, Any] | None = None, allow_outside: bool = False
+) -> list[dict[str, Any]]:
     """One read part's rows, each with its `_input_index`; the part's counts go to the tally.
     `keep` ({"fn", "kwargs"}) lets a pipeline drop or mark rows in the same task:
     `fn(rows, part, **kwargs) -> (rows, counts)`, its counts reported with the part's."""
     started = time.time()
-    rows = read_part(part, storage_options)
+    rows = read_part(part, storage_options, allow_outside)
     base = int(part["index"]) << INDEX_BITS
     for i, row in enumerate(rows):
         row["_input_index"] = base + i
@@ -56,7 +58,7 @@ def read_input(job: Job, keep: dict[str, Any] | None = None) -> Any:
     job.state["read_parts"] = len(parts)
     ds = ray.data.from_items(parts, override_num_blocks=len(parts)).flat_map(
         read_part_rows,
-        fn_kwargs={"storage_options": cfg.storage_options, "tally": tally, "keep": keep},
+        fn_kwargs={"storage_options": cfg.storage_options, "tally": tally, "keep": keep, "allow_outside": cfg.input_allow_outside},
         num_cpus=LIGHT.num_cpus,
     )
     ds = ds.repartition(target_num_rows_per_block=rows_per_block(sum(p["rows_estimate"] for p in parts), cluster_cpus()))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import ray
 
-from latentforge.formats.shards import existing_values, shard_paths
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, existing_values, shard_paths
 from latentforge.storage import get_fs, join
 
 _CACHE: dict[str, np.ndarray] = {}  # ObjectRef hex -> the array, per worker process
@@ -158,3 +158,32 @@ def dedupe(output: str, table: str, key: str, storage_options: dict[str, Any] | 
         return 0, 0
     removed, rows = ray.get(_remove_duplicates.remote(output, table, key, storage_options))
     return int(removed), int(rows)
+
+
+SWEPT = (LATENTS, EMBEDDINGS, ERRORS, "clips", "captions", "export")
+
+
+def remove_temporaries(output: str, storage_options: dict[str, Any] | None = None) -> int:
+    """Delete the `.tmp-*` files of writes that never finished (a run killed mid-write) under
+    what latentforge writes; returns how many. Called when a run has finished its own writes."""
+    fs, root = get_fs(output, storage_options)
+    if not fs.exists(root):
+        return 0
+    found = [p for p in fs.ls(root, detail=False) if posixpath.basename(p.rstrip("/")).startswith(".tmp-")]
+    for table in SWEPT:
+        tfs, troot = get_fs(join(output, table), storage_options)
+        if tfs.exists(troot):
+            found.extend(p for p in tfs.find(troot) if posixpath.basename(p).startswith(".tmp-"))
+    for path in found:
+        fs.rm(path)
+    return len(found)
+
+
+@ray.remote(num_cpus=0.25)
+def _remove_temporaries(output: str, storage_options: dict[str, Any] | None) -> int:
+    return remove_temporaries(output, storage_options)
+
+
+def sweep(output: str, storage_options: dict[str, Any] | None = None) -> int:
+    """`remove_temporaries` in a Ray task (it lists the output's tables: not on the driver)."""
+    return int(ray.get(_remove_temporaries.remote(output, storage_options)))

@@ -331,6 +331,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     if cfg.encode_text.enabled:
         counts.update(job.state.get("text_counts", {}))
         counts["embeddings_written"] = text.get("counts", {}).get("written", 0)
+        counts["captions_truncated"] = text.get("counts", {}).get("captions_truncated", 0)
     if cfg.export:
         counts.update(export_counts(job))
     decoded = dict(video.get("decoded_frames", {}))

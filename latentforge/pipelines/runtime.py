@@ -25,6 +25,7 @@ from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.formats.shards import ERRORS, write_run_summary
+from latentforge.pipelines.outputs import sweep
 from latentforge.pipelines.stages import Job, Stage, active
 from latentforge.pipelines.tally import totals
 from latentforge.storage import get_fs, join
@@ -363,6 +364,8 @@ def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tup
     job = execute(stages, start(cfg))
     if "tally" in job.state and not totals(job.state["tally"])["counts"].get("input_rows"):
         raise ManifestError(f"{cfg.input}: no rows (the input is empty)")
+    removed = sweep(cfg.output, cfg.storage_options)  # what a killed earlier run left half-written
     fields, module_versions = summarize(job)
     fields.update(extra or {})
+    fields["temporary_files_removed"] = removed
     return write_summary(job, fields, module_versions, started_at)

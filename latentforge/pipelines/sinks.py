@@ -1,7 +1,8 @@
 """Ray Data sinks: the `write` stages that end a pass.
 
 Every sink shares `RowSink`: it turns blocks into plain rows, adds up what the stages reported
-in their `_seconds_<stage>`, `_decoded_frames_<stage>` and `_source_frames_<stage>` columns,
+in their `_seconds_<stage>`, `_decoded_frames_<stage>`, `_source_frames_<stage>` and
+`_count_<name>` columns (the last into `counts[name]`),
 writes failed rows to `errors/` (one shard per task, named by its rows) and counts them by
 kind; a subclass says what a good row becomes (`take`) and what a task writes at its end
 (`flush`). `on_write_complete` runs on the driver and adds the tasks' returns up into `result`.
@@ -79,6 +80,8 @@ class RowSink(Datasink):
                     decoded[k[len("_decoded_frames_") :]] += int(v)
                 elif k.startswith("_source_frames_") and v:
                     counts["source_frames"] += int(v)
+                elif k.startswith("_count_") and v:
+                    counts[k[len("_count_") :]] += int(v)
             if is_error(row):
                 errors.append(row)
                 kinds[error_kind(row)] += 1

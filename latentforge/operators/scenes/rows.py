@@ -82,7 +82,7 @@ def split_video(
         span_start = as_int(row.get("start_frame"), 0)
         span_end = as_int(row.get("end_frame"), as_int(row.get("source_frames")))
         if not fps or span_end is None or span_end <= span_start:
-            raise ValueError(f"empty span [{span_start}, {span_end})")
+            raise ValueError(f"empty span (frames [{span_start}, {span_end}))")
         region = skip_region(span_start, span_end, to_frames(opts.get("skip_start"), fps), to_frames(opts.get("skip_end"), fps))
         if region[1] <= region[0]:
             yield _error(row, f"{uri}: nothing left after skip_start/skip_end ({span_end - span_start} frames)", t0, 0, span_end - span_start)

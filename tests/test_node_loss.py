@@ -1,0 +1,138 @@
+"""A worker node lost while the model stage runs (issue 11): on a three-node
+`ray.cluster_utils.Cluster` (a head and two 1-CPU workers), the node holding a VAE actor is
+removed once the first latents are written; Ray Data restarts the actor elsewhere and redoes
+the lost work, and the job ends with every input row exactly once (a latent or an error row),
+byte-equal to a run on one machine.
+
+The scenario runs in a subprocess (this file as a script), never beside the session's local
+Ray; `Cluster.shutdown` stops only the processes it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+CLIPS = 12
+SCENARIO_TIMEOUT_S = 300
+
+
+def test_a_lost_worker_node_loses_no_row(tmp_path, ray_local, tiny_home):
+    from latentforge.config import load_config
+    from latentforge.formats.shards import read_table
+    from latentforge.pipelines import run
+
+    manifest = _dataset(tmp_path / "media")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"scenario ran over {SCENARIO_TIMEOUT_S}s\n{(e.stderr or b'')[-4000:]!r}")
+    result_file = tmp_path / "result.json"
+    if proc.returncode != 0 or not result_file.exists():
+        pytest.fail(f"scenario failed (rc {proc.returncode})\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    result = json.loads(result_file.read_text())
+    print(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=1))
+    assert result["removed_node"], "no worker node held a VAE actor while latents were being written"
+    assert result["latents_when_removed"] < CLIPS, "the node went after the work was done"
+    counts = result["summary"]["counts"]
+    assert counts["input_rows"] == CLIPS and counts["errors"] == 0, counts
+
+    lost = read_table(str(tmp_path / "out"), "latents").to_pylist()
+    assert len(lost) == len({r["sample_id"] for r in lost}) == CLIPS  # each once
+
+    # the same rows as a run on this machine alone
+    cfg = load_config(None, ["encode_video.batch_size=1"], input=str(manifest), output=str(tmp_path / "alone"), model="tiny", buckets="64x64x9")
+    run(cfg)
+    alone = {r["sample_id"]: r["latent_bytes"] for r in read_table(cfg.output, "latents").to_pylist()}
+    assert {r["sample_id"]: r["latent_bytes"] for r in lost} == alone
+
+
+def _dataset(folder: Path) -> Path:
+    from latentforge.sample_media import make_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(CLIPS):
+        make_video(folder / f"clip{i}.mp4", 96 + 16 * (i % 3), 64, 12, 24)
+        rows.append({"media_path": f"clip{i}.mp4", "caption": f"Clip {i}."})
+    manifest = folder / "dataset.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def _vae_actor_nodes() -> set[str]:
+    import ray
+    from ray.core.generated import gcs_pb2
+
+    accessor = ray._private.state.state._connect_and_get_accessor()
+    nodes = set()
+    for raw in accessor.get_actor_table(None, None):
+        a = gcs_pb2.ActorTableData.FromString(raw)
+        if "VideoEncodeStage" in a.repr_name and gcs_pb2.ActorTableData.ActorState.Name(a.state) == "ALIVE":
+            nodes.add(a.address.node_id.hex())
+    return nodes
+
+
+def scenario(root: Path) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from latentforge.config import load_config
+    from latentforge.models import model_root
+    from latentforge.pipelines import run
+
+    model_root("tiny")
+    manifest = root / "media" / "dataset.jsonl"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    out: dict = {"removed_node": None, "latents_when_removed": None}
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        cfg = load_config(
+            None,
+            ["ray.use_gpus=false", f"ray.address={cluster.address}", "encode_video.batch_size=1", "encode_video.max_actors=2",
+             "ray.no_progress_timeout_s=200"],
+            input=str(manifest), output=str(root / "out"), model="tiny", buckets="64x64x9",
+        )
+        done: dict = {}
+        thread = threading.Thread(target=lambda: done.update(summary=run(cfg)), daemon=True)
+        thread.start()
+        latents = root / "out" / "latents"
+        by_id = {w.node_id: w for w in workers}
+        deadline = time.monotonic() + 200
+        while thread.is_alive() and time.monotonic() < deadline and out["removed_node"] is None:
+            written = len(list(latents.rglob("part-*.parquet"))) if latents.exists() else 0
+            if written:
+                target = next((n for n in _vae_actor_nodes() if n in by_id), None)
+                if target is not None:
+                    out["latents_when_removed"] = written
+                    cluster.remove_node(by_id[target], allow_graceful=False)
+                    out["removed_node"] = target
+            time.sleep(0.05)
+        thread.join(SCENARIO_TIMEOUT_S - 60)
+        out["summary"] = done.get("summary")
+        return out
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    workdir = Path(sys.argv[1])
+    result = scenario(workdir)
+    if result.get("summary") is None:
+        sys.exit("the run did not finish")
+    (workdir / "result.json").write_text(json.dumps(result, default=str))
