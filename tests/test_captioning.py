@@ -394,6 +394,32 @@ def test_manifest_formats_read_back(tmp_path, ext):
     assert set(plain[0]) == {"caption", "media_path", "tags"}
 
 
+@pytest.mark.parametrize("name", ["captions.jsonl", "captions.json", "captions.csv", "metadata.csv"])
+def test_manifest_streamed_from_parts_equals_the_whole_one(tmp_path, name):
+    """The caption pipeline's write tasks leave sorted parts; merging them streams the same bytes
+    as writing all records at once (the driver never holds them), a retried part's repeats once."""
+    from latentforge.formats.caption_manifest import merge_manifest, write_manifest, write_manifest_part
+
+    (tmp_path / "clips").mkdir()
+    records = [
+        _record("k2", str(tmp_path / "clips/b.mp4"), "Second, with a comma.", 1, 12, 40, span=True, scene_index=1),
+        _record("k1", str(tmp_path / "clips/b.mp4"), "First.", 1, 0, 12, span=True, scene_index=0),
+        _record("k0", str(tmp_path / "clips/a.mp4"), 'Quoted "text".', 0, tags=["x", "y"]),
+        _record("k3", "/elsewhere/still.png", "A still.", 2, 0, 1, media="image"),
+        _record("k4", str(tmp_path / "clips/c.mp4"), "Third\nline.", 3, extra_column="only here"),
+    ]
+    whole = tmp_path / "whole" / name
+    whole.parent.mkdir()
+    assert write_manifest(str(whole), records) == 5
+    parts = [write_manifest_part(str(tmp_path / "parts"), chunk) for chunk in (records[:2], records[2:], records[1:3])]
+    urls = [u for p in parts for u in p["manifest_parts"]]
+    streamed = tmp_path / "streamed" / name
+    assert merge_manifest(str(streamed), urls, any(p["manifest_spans"] for p in parts), None, str(tmp_path / "parts")) == 5
+    media_relative = lambda text: text.replace(str(tmp_path / "whole"), "").replace(str(tmp_path / "streamed"), "")  # noqa: E731
+    assert media_relative(streamed.read_text()) == media_relative(whole.read_text())
+    assert not (tmp_path / "parts").exists() and not list(streamed.parent.glob(".tmp-*"))
+
+
 def test_chronoedit_pairs_to_videos_and_metadata(tmp_path):
     import av
 

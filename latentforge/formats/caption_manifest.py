@@ -14,15 +14,18 @@ Input records are the caption pipeline's part records (see `part_record` in
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import json
 import os
 import posixpath
-from typing import Any, Iterable
+import textwrap
+import uuid
+from typing import Any, Iterable, Iterator
 
 from latentforge.formats.manifest_readers import CHRONOEDIT_NAME
-from latentforge.rows import has_value
-from latentforge.storage import get_fs, write_bytes_atomic
+from latentforge.rows import has_value, stable_hash
+from latentforge.storage import get_fs, is_local, write_bytes_atomic
 
 DEFAULT_MANIFEST = "captions.jsonl"
 MANIFEST_EXTENSIONS = (".jsonl", ".json", ".csv")
@@ -46,27 +49,40 @@ def media_path_for(uri: str, manifest_dir: str) -> str:
 def manifest_rows(records: Iterable[dict[str, Any]], manifest: str, chronoedit: bool = False) -> list[dict[str, Any]]:
     """Part records -> manifest lines: caption, media_path, the span when any row is a span
     (every row then has start_frame / end_frame, so CSV cells are never blank), passthrough."""
-    records = sorted(records, key=lambda r: (tuple(r["order"]), r["uri"], r["key"]))
-    folder = manifest.rstrip("/").rsplit("/", 1)[0] if "/" in manifest else "."
+    records = sorted(records, key=record_order)
     spans = any(r["span"] for r in records)
-    rows = []
-    for r in records:
-        media = media_path_for(r["uri"], folder)
-        if chronoedit:
-            key = r["columns"].get("key")
-            line: dict[str, Any] = {"key": key if has_value(key) else posixpath.splitext(posixpath.basename(media))[0], "video": media, "prompt": r["caption"]}
-            line.update({k: v for k, v in r["columns"].items() if k not in line})
-            rows.append(line)
-            continue
-        line = {"caption": r["caption"], "media_path": media}
-        if spans:
-            line["start_frame"] = r["start_frame"] if r["start_frame"] is not None else 0
-            line["end_frame"] = r["end_frame"] if r["end_frame"] is not None else 1
-            if r["media_type"] == "video" and r.get("fps"):
-                line["fps"] = r["fps"]
-        line.update({k: v for k, v in r["columns"].items() if k not in line and k not in ("start_frame", "end_frame")})
-        rows.append(line)
-    return rows
+    return [manifest_line(r, manifest_folder(manifest), spans, chronoedit) for r in records]
+
+
+def record_order(r: dict[str, Any]) -> tuple:
+    """The manifest's order: the input's, then the clip's start; uri and key break ties."""
+    return (tuple(r["order"]), r["uri"], r["key"])
+
+
+def manifest_folder(manifest: str) -> str:
+    return manifest.rstrip("/").rsplit("/", 1)[0] if "/" in manifest else "."
+
+
+def manifest_line(r: dict[str, Any], folder: str, spans: bool, chronoedit: bool = False) -> dict[str, Any]:
+    """One part record -> its manifest line (see `manifest_rows`)."""
+    media = media_path_for(r["uri"], folder)
+    if chronoedit:
+        key = r["columns"].get("key")
+        line: dict[str, Any] = {"key": key if has_value(key) else posixpath.splitext(posixpath.basename(media))[0], "video": media, "prompt": r["caption"]}
+        line.update({k: v for k, v in r["columns"].items() if k not in line})
+        return line
+    line = {"caption": r["caption"], "media_path": media}
+    if spans:
+        line["start_frame"] = r["start_frame"] if r["start_frame"] is not None else 0
+        line["end_frame"] = r["end_frame"] if r["end_frame"] is not None else 1
+        if r["media_type"] == "video" and r.get("fps"):
+            line["fps"] = r["fps"]
+    line.update({k: v for k, v in r["columns"].items() if k not in line and k not in ("start_frame", "end_frame")})
+    return line
+
+
+def _csv_cells(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else ("" if v is None else v)) for k, v in r.items()}
 
 
 def manifest_bytes(rows: list[dict[str, Any]], url: str) -> bytes:
@@ -83,7 +99,7 @@ def manifest_bytes(rows: list[dict[str, Any]], url: str) -> bytes:
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else ("" if v is None else v)) for k, v in r.items()})
+        writer.writerow(_csv_cells(r))
     return buf.getvalue().encode("utf-8")
 
 
@@ -96,3 +112,79 @@ def write_manifest(url: str, records: Iterable[dict[str, Any]], storage_options:
     fs, path = get_fs(url, storage_options)
     write_bytes_atomic(fs, path, manifest_bytes(rows, url))
     return len(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same manifest from sorted parts, streamed: the driver holds one record per part at a time
+
+
+def write_manifest_part(parts_url: str, records: list[dict[str, Any]], storage_options: dict | None = None) -> dict[str, Any]:
+    """In a write task: this task's records, sorted, as one JSONL part named by their keys.
+    Returns what the merge needs to know without reading it: the part, rows, any span."""
+    if not records:
+        return {"manifest_parts": [], "manifest_spans": False}
+    records = sorted(records, key=record_order)
+    name = f"part-{stable_hash(*sorted(r['key'] for r in records), length=20)}.jsonl"
+    fs, path = get_fs(posixpath.join(parts_url, name), storage_options)
+    write_bytes_atomic(fs, path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8"))
+    return {"manifest_parts": [posixpath.join(parts_url, name)], "manifest_spans": any(r["span"] for r in records)}
+
+
+def _merged(parts: list[str], storage_options: dict | None) -> Iterator[dict[str, Any]]:
+    """The parts' records in manifest order, each key once (a retried task's part repeats it)."""
+    def read(url: str) -> Iterator[dict[str, Any]]:
+        fs, path = get_fs(url, storage_options)
+        with fs.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+    seen_last = None
+    for record in heapq.merge(*(read(u) for u in parts), key=record_order):
+        if record["key"] != seen_last:
+            yield record
+        seen_last = record["key"]
+
+
+def merge_manifest(url: str, parts: list[str], spans: bool, storage_options: dict | None = None, parts_folder: str | None = None) -> int:
+    """The manifest from write parts (see `write_manifest`'s format), streamed; returns its rows.
+    `parts_folder` is removed afterwards (its parts are in the manifest now)."""
+    chronoedit = posixpath.basename(url) == CHRONOEDIT_MANIFEST
+    folder = manifest_folder(url)
+    ext = posixpath.splitext(url)[1].lower()
+
+    def lines() -> Iterator[dict[str, Any]]:
+        return (manifest_line(r, folder, spans, chronoedit) for r in _merged(parts, storage_options))
+
+    columns: dict[str, None] = {}
+    if ext not in (".jsonl", ".json"):
+        for line in lines():  # CSV: the header is every column, in order of first use
+            columns.update(dict.fromkeys(line))
+    fs, path = get_fs(url, storage_options)
+    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}") if is_local(fs) else path
+    if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    n = 0
+    with fs.open(tmp, "w", encoding="utf-8", newline="") as out:
+        if ext == ".jsonl":
+            for line in lines():
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                n += 1
+        elif ext == ".json":
+            for line in lines():
+                out.write(("[\n" if n == 0 else ",\n") + textwrap.indent(json.dumps(line, ensure_ascii=False, indent=2), "  "))
+                n += 1
+            out.write("\n]\n" if n else "[]\n")
+        else:
+            writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+            writer.writeheader()
+            for line in lines():
+                writer.writerow(_csv_cells(line))
+                n += 1
+    if tmp != path:
+        fs.mv(tmp, path)
+    if parts_folder is not None:
+        pfs, ppath = get_fs(parts_folder, storage_options)
+        if pfs.exists(ppath):
+            pfs.rm(ppath, recursive=True)
+    return n

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from latentforge.config import PipelineConfig
-from latentforge.formats.caption_manifest import write_manifest
+from latentforge.formats.caption_manifest import merge_manifest, write_manifest_part
 from latentforge.formats.shards import ERRORS, shard_name
 from latentforge.operators import captioning as cap_op
 from latentforge.operators import probe as probe_op
@@ -58,6 +58,7 @@ from latentforge.storage import get_fs, join, write_bytes_atomic
 log = logging.getLogger("latentforge")
 
 PARTS = "captions/_parts"
+MANIFEST_PARTS = "captions/_manifest"  # each write task's manifest records, sorted; merged at the end
 
 # Row columns that are not passed through to the manifest: the contract columns the manifest
 # writes itself, what probe measures (precompute measures it again), and pipeline state.
@@ -305,8 +306,8 @@ def captioned_in_run(job: Job) -> dict[str, int]:
 
 
 class CaptionSink(RowSink):
-    """Counts rows by outcome and keeps the manifest records of good rows (the manifest always
-    shows this run's input: its captions, spans and columns); error rows go to errors/."""
+    """Counts rows by outcome; each task's manifest records go to a sorted part that `merge_manifest`
+    streams into the manifest (this run's input: captions, spans, columns); errors to errors/."""
 
     name = "captions"
 
@@ -325,12 +326,14 @@ class CaptionSink(RowSink):
             counts["captions_kept"] += 1
 
     def flush(self) -> dict[str, Any]:
+        """The task's manifest records go to a sorted part under the output, not to the driver."""
         records, self._records = self._records, []
-        return {"records": records}
+        return write_manifest_part(join(self.output, MANIFEST_PARTS), records, self.storage_options)
 
     def on_write_complete(self, write_result: Any) -> None:
         returns = write_result.write_returns
-        self.result = {**sum_write_returns(returns), "records": [record for r in returns for record in r["records"]]}
+        parts = sorted({p for r in returns for p in r["manifest_parts"]})
+        self.result = {**sum_write_returns(returns), "manifest_parts": parts, "manifest_spans": any(r["manifest_spans"] for r in returns)}
 
 
 def read_caption_input(job: Job) -> Any:
@@ -364,7 +367,7 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
     result = job.results.get("write_captions", {})
     t0 = time.perf_counter()
     url = manifest_url(cfg)
-    written = write_manifest(url, result.get("records", []), cfg.storage_options)
+    written = merge_manifest(url, result.get("manifest_parts", []), result.get("manifest_spans", False), cfg.storage_options, join(cfg.output, MANIFEST_PARTS))
     job.phase_seconds["manifest"] = time.perf_counter() - t0
     got = result.get("counts", {})
     errors = result.get("errors", {})
