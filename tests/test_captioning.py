@@ -369,15 +369,20 @@ def _record(key, uri, caption, order, start=0, end=10, frames=10, media="video",
     }
 
 
-@pytest.mark.parametrize("ext", [".jsonl", ".json", ".csv"])
-def test_manifest_formats_read_back(tmp_path, ext):
-    (tmp_path / "clips").mkdir()
-    records = [
+def _clip_records(tmp_path):
+    """Two spans of one video, a whole clip with a list column, an image outside the folder."""
+    return [
         _record("k2", str(tmp_path / "clips/b.mp4"), "Second, with a comma.", 1, 12, 40, span=True, scene_index=1),
         _record("k1", str(tmp_path / "clips/b.mp4"), "First.", 1, 0, 12, span=True, scene_index=0),
         _record("k0", str(tmp_path / "clips/a.mp4"), 'Quoted "text".', 0, tags=["x", "y"]),
         _record("k3", "/elsewhere/still.png", "A still.", 2, 0, 1, media="image"),
     ]
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".json", ".csv"])
+def test_manifest_formats_read_back(tmp_path, ext):
+    (tmp_path / "clips").mkdir()
+    records = _clip_records(tmp_path)
     url = str(tmp_path / f"captions{ext}")
     rows = manifest_rows(records, url)
     assert [r["caption"] for r in rows] == ['Quoted "text".', "First.", "Second, with a comma.", "A still."]
@@ -401,13 +406,7 @@ def test_manifest_streamed_from_parts_equals_the_whole_one(tmp_path, name):
     from latentforge.formats.caption_manifest import merge_manifest, write_manifest, write_manifest_part
 
     (tmp_path / "clips").mkdir()
-    records = [
-        _record("k2", str(tmp_path / "clips/b.mp4"), "Second, with a comma.", 1, 12, 40, span=True, scene_index=1),
-        _record("k1", str(tmp_path / "clips/b.mp4"), "First.", 1, 0, 12, span=True, scene_index=0),
-        _record("k0", str(tmp_path / "clips/a.mp4"), 'Quoted "text".', 0, tags=["x", "y"]),
-        _record("k3", "/elsewhere/still.png", "A still.", 2, 0, 1, media="image"),
-        _record("k4", str(tmp_path / "clips/c.mp4"), "Third\nline.", 3, extra_column="only here"),
-    ]
+    records = [*_clip_records(tmp_path), _record("k4", str(tmp_path / "clips/c.mp4"), "Third\nline.", 3, extra_column="only here")]
     whole = tmp_path / "whole" / name
     whole.parent.mkdir()
     assert write_manifest(str(whole), records) == 5
