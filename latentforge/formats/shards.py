@@ -104,6 +104,14 @@ def write_run_summary(output: str, summary: dict[str, Any], storage_options: dic
     write_bytes_atomic(fs, path, json.dumps(summary, indent=2).encode())
 
 
+def read_run_summary(output: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """run.json of the latest run into `output`, None when there is none."""
+    fs, path = get_fs(join(output, "run.json"), storage_options)
+    if not fs.exists(path):
+        return None
+    return json.loads(fs.cat_file(path))
+
+
 def existing_values(output: str, table: str, column: str, storage_options: dict[str, Any] | None = None) -> set[str]:
     """Ids already written under output/table (for resume); reads only that column."""
     fs, root = get_fs(join(output, table), storage_options)

@@ -27,7 +27,7 @@ from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.export.base import ExportContext, ExportSample
 from latentforge.formats.export.registry import EXPORTERS
 from latentforge.formats.manifest_files import parent_url
-from latentforge.formats.shards import EMBEDDINGS, LATENTS, shard_paths
+from latentforge.formats.shards import EMBEDDINGS, LATENTS, read_run_summary, shard_paths
 from latentforge.models import get_preset, text_encoder_name
 from latentforge.pipelines.outputs import arrow_fs, id_set
 from latentforge.pipelines.runtime import shuffle_partitions
@@ -89,10 +89,8 @@ def output_context(output: str, storage_options: dict[str, Any] | None = None, i
 
 def recorded_input(output: str, storage_options: dict[str, Any] | None) -> str | None:
     """The input of the run that made an output, from its run.json (None when it has none)."""
-    fs, path = get_fs(join(output, "run.json"), storage_options)
-    if not fs.exists(path):
-        return None
-    return (json.loads(fs.cat_file(path)).get("config") or {}).get("input") or None
+    summary = read_run_summary(output, storage_options) or {}
+    return (summary.get("config") or {}).get("input") or None
 
 
 def _input_folder(source: str) -> str:

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from latentforge.config import ConfigError, PipelineConfig
+from latentforge.formats.shards import read_run_summary
 from latentforge.rows import stable_hash
 from latentforge.storage import get_fs, join
 
@@ -55,11 +56,8 @@ def fingerprint(options: dict[str, Any]) -> dict[str, Any]:
 def recorded(output: str, storage_options: dict | None) -> dict[str, Any] | None:
     """The fingerprint in the output's run.json, None when there is no earlier run (or it
     predates fingerprints)."""
-    fs, path = get_fs(join(output, "run.json"), storage_options)
-    if not fs.exists(path):
-        return None
     try:
-        return json.loads(fs.cat_file(path)).get("fingerprint")
+        return (read_run_summary(output, storage_options) or {}).get("fingerprint")
     except (ValueError, OSError):
         return None
 

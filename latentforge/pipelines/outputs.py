@@ -78,18 +78,6 @@ def arrow_fs(fs: Any) -> Any:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-def read_shards(output: str, table: str, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> Any:
-    """A shard table of the output as a Ray Dataset (hive partitions such as bucket=... become
-    columns), read by Ray tasks; None when the table has no finished shard yet."""
-    fs, root = get_fs(join(output, table), storage_options)
-    paths = shard_paths(fs, root)  # finished shards only: an interrupted write's temp file is not one
-    if not paths:
-        return None
-    partitioning = ray.data.datasource.partitioning.Partitioning("hive", base_dir=root)
-    ds = ray.data.read_parquet(paths, filesystem=arrow_fs(fs), partitioning=partitioning)
-    return ds.select_columns(columns) if columns else ds
-
-
 @ray.remote(num_cpus=0.25)
 def _remove_duplicates(output: str, table: str, key: str, storage_options: dict[str, Any] | None) -> tuple[int, int]:
     return remove_duplicates(output, table, key, storage_options)

@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 
-from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary
 from latentforge.pipelines.outputs import IdSet
 from latentforge.storage import get_fs, join
 
@@ -168,8 +168,5 @@ def verify(output: str, input_url: str | None = None, input_format: str = "auto"
 
 
 def _text_was_on(output: str, storage_options: dict) -> bool:
-    fs, path = get_fs(join(output, "run.json"), storage_options)
-    if not fs.exists(path):
-        return False
-    config = json.loads(fs.cat_file(path)).get("config") or {}
+    config = (read_run_summary(output, storage_options) or {}).get("config") or {}
     return bool((config.get("encode_text") or {}).get("enabled", False))
