@@ -35,6 +35,10 @@ class ActorPool(_Section):
 class PrepareConfig(_Section):
     target_fps: Optional[float] = Field(None, gt=0, description="resample frames down to this rate first")
     resize_filter: Literal["area", "bilinear", "bicubic", "lanczos"] = "area"
+    time_limit_s: float = Field(
+        300.0, gt=0, description="per sample, probe and decode stop after this (plus time_limit_per_frame_s per frame read): an error row"
+    )
+    time_limit_per_frame_s: float = Field(0.5, ge=0, description="seconds added to a sample's time limit per source frame it reads")
 
 
 class EncodeVideoConfig(ActorPool):

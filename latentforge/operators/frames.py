@@ -20,6 +20,7 @@ from latentforge.operators.base import Resources
 from latentforge.operators.frame_clock import iter_indexed_frames
 from latentforge.rows import error_row, has_value, is_error, stable_hash
 from latentforge.operators.probe import open_media
+from latentforge.operators.time_limit import SampleTimeout, sample_limit, within
 
 RESOURCES = Resources(num_cpus=1)
 STAGE = "prepare"
@@ -148,13 +149,25 @@ def load_image(source: Any, bucket: Bucket, resize_filter: str = "area") -> np.n
     return np.ascontiguousarray(_crop(arr, bucket, plan.left, plan.top))[None]
 
 
+def _decode(row: dict[str, Any], bucket: Bucket, indices: Sequence[int], resize_filter: str, storage_options: Any, stats: dict) -> np.ndarray:
+    with open_media(row["uri"], storage_options) as source:
+        if row["media_type"] == "image":
+            return load_image(source, bucket, resize_filter)
+        rotation = int(row.get("rotation") or 0)
+        return decode_video_frames(source, int(row["start_frame"]), indices, bucket, rotation, resize_filter, stats)
+
+
 def load_frames(
     row: dict[str, Any],
     target_fps: float | None = None,
     resize_filter: str = "area",
     storage_options: dict[str, Any] | None = None,
+    time_limit: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """Row with a bucket -> row with `frames` (uint8 [F, H, W, 3]) and `num_frames` = F."""
+    """Row with a bucket -> row with `frames` (uint8 [F, H, W, 3]) and `num_frames` = F.
+
+    `time_limit` = (base seconds, seconds per source frame read): a decode that runs past it
+    (a hung FFmpeg or read) makes the row an error and leaves its thread behind (time_limit.py)."""
     out = {"frames": NO_FRAMES, **row}
     out.setdefault("_seconds_prepare", 0.0)
     out.setdefault("_decoded_frames_prepare", 0)
@@ -171,15 +184,15 @@ def load_frames(
         return out
     stats = {"decoded": 1}
     try:
-        with open_media(row["uri"], storage_options) as source:
-            if row["media_type"] == "image":
-                frames = load_image(source, bucket, resize_filter)
-            else:
-                source_fps = float(row.get("source_fps") or row["fps"])
-                indices = frame_indices(int(row["start_frame"]), f, source_fps, target_fps)
-                frames = decode_video_frames(
-                    source, int(row["start_frame"]), indices, bucket, int(row.get("rotation") or 0), resize_filter, stats
-                )
+        indices: Sequence[int] = [0]
+        if row["media_type"] != "image":
+            source_fps = float(row.get("source_fps") or row["fps"])
+            indices = frame_indices(int(row["start_frame"]), f, source_fps, target_fps)
+        read = max(indices) - int(row.get("start_frame") or 0) + 1
+        limit = sample_limit(read, *time_limit) if time_limit is not None else None
+        frames = within(limit, _decode, row, bucket, indices, resize_filter, storage_options, stats)
+    except SampleTimeout as e:
+        return error_row(out, STAGE, f"{row['uri']}: timed out decoding ({e}; prepare.time_limit_s)")
     except Exception as e:  # noqa: BLE001 - a bad file fails its row, not the job
         reason = str(e).strip() or type(e).__name__
         return error_row(out, STAGE, f"{row['uri']}: decode failed ({reason})")

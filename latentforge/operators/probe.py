@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from latentforge.operators.base import Resources
 from latentforge.operators.frame_clock import stream_rate
+from latentforge.operators.time_limit import SampleTimeout, within
 from latentforge.rows import error_row, is_error
 from latentforge.storage import get_fs, is_local, open_input, split_tar_url
 
@@ -125,11 +126,17 @@ def _detail(error: BaseException, uri: str) -> str:
     return str(text).replace(f": '{uri}'", "").replace(uri, "").strip(" :")
 
 
-def probe(row: dict[str, Any], storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def _metadata(uri: str, media_type: str | None, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    with open_media(uri, storage_options) as source:
+        return probe_image(source) if media_type == "image" else probe_video(source)
+
+
+def probe(row: dict[str, Any], storage_options: dict[str, Any] | None = None, time_limit_s: float | None = None) -> dict[str, Any]:
     """Row -> row with fps, width, height (as displayed), rotation, has_audio and its span.
 
     `start_frame`/`end_frame` (exclusive) default to the whole file; `num_frames` is the span
-    length in source frames until `prepare` replaces it with the frames actually encoded.
+    length in source frames until `prepare` replaces it with the frames actually encoded. A
+    container that does not open within `time_limit_s` (a hung read or demuxer) is an error row.
     """
     out = {**dict.fromkeys(PROBE_COLUMNS), **row}
     out.setdefault("_seconds_probe", 0.0)
@@ -138,10 +145,11 @@ def probe(row: dict[str, Any], storage_options: dict[str, Any] | None = None) ->
     t0 = time.perf_counter()
     uri = row["uri"]
     try:
-        with open_media(uri, storage_options) as source:
-            meta = probe_image(source) if row.get("media_type") == "image" else probe_video(source)
+        meta = within(time_limit_s, _metadata, uri, row.get("media_type"), storage_options)
     except FileNotFoundError:
         return error_row(out, STAGE, f"{uri}: file not found")
+    except SampleTimeout as e:
+        return error_row(out, STAGE, f"{uri}: timed out reading the container ({e}; prepare.time_limit_s)")
     except Exception as e:  # noqa: BLE001 - any decoder failure is this row's problem only
         return error_row(out, STAGE, f"{uri}: {media_fault(uri, row.get('media_type'), e, storage_options)}")
     out.update(meta)

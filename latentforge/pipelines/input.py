@@ -99,8 +99,8 @@ def source(read=read_input, phase: str = "video", describe=describe_source, enab
     return Stage("source", "source", None, describe, read=read, phase=phase, enabled=enabled, operators=READ_OPERATORS)
 
 
-def storage(job: Job) -> dict[str, Any]:
-    return {"storage_options": job.cfg.storage_options}
+def _probe_args(job: Job) -> dict[str, Any]:
+    return {"storage_options": job.cfg.storage_options, "time_limit_s": job.cfg.prepare.time_limit_s}
 
 
 PROBE = Stage(
@@ -109,5 +109,5 @@ PROBE = Stage(
     probe_op.probe,
     lambda job: "container metadata via PyAV; unreadable media -> error rows",
     resources=probe_op.RESOURCES,
-    args=storage,
+    args=_probe_args,
 )

@@ -50,11 +50,13 @@ def bucket_and_skip(row: dict[str, Any], buckets: list, target_fps: float | None
     return out
 
 
-def prepare(row: dict[str, Any], target_fps: float | None, resize_filter: str, storage_options: dict) -> dict[str, Any]:
+def prepare(
+    row: dict[str, Any], target_fps: float | None, resize_filter: str, storage_options: dict, time_limit: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """prepare's stage entry: decode the bucket frames, unless the sample is done."""
     if row.get("_done"):
         return {"_seconds_prepare": 0.0, "_decoded_frames_prepare": 0, **row, "frames": frames_op.NO_FRAMES}
-    return frames_op.load_frames(row, target_fps, resize_filter, storage_options)
+    return frames_op.load_frames(row, target_fps, resize_filter, storage_options, time_limit)
 
 
 def _finished_samples(job: Job) -> None:
@@ -62,6 +64,12 @@ def _finished_samples(job: Job) -> None:
     cfg = job.cfg
     job.state["done_latents"] = done = existing_ids(cfg.output, LATENTS, "sample_id", cfg.storage_options)
     log.info("latentforge: %d finished samples already in %s", done.size, cfg.output)
+
+
+def _prepare_args(job: Job) -> dict[str, Any]:
+    p = job.cfg.prepare
+    limit = (p.time_limit_s, p.time_limit_per_frame_s)
+    return {"target_fps": p.target_fps, "resize_filter": p.resize_filter, "storage_options": job.cfg.storage_options, "time_limit": limit}
 
 
 def _describe_prepare(job: Job) -> str:
@@ -136,7 +144,7 @@ VIDEO = [
         prepare,
         _describe_prepare,
         resources=frames_op.RESOURCES,
-        args=lambda job: {"target_fps": job.cfg.prepare.target_fps, "resize_filter": job.cfg.prepare.resize_filter, "storage_options": job.cfg.storage_options},
+        args=_prepare_args,
     ),
     Stage(
         "encode_video",
