@@ -78,17 +78,33 @@ def open_input(url: str, storage_options: dict[str, Any] | None = None, mode: st
     return fsspec.open(url, mode, **_chain_options(url, storage_options)).open()
 
 
+S3_RETRIES = {"max_attempts": 5, "mode": "standard"}
+"""botocore's retry policy for s3:// unless storage_options set one (`config_kwargs.retries`):
+"standard" backs off exponentially with jitter (up to 20 s) on 503 SlowDown, other 5xx,
+throttling and connection errors; botocore's own default, "legacy", waits well under a second.
+s3fs retries each call up to 5 times on top (docs/outputs.md, "Object storage faults")."""
+
+
+def _with_retries(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
+    if protocol not in ("s3", "s3a"):
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("retries", dict(S3_RETRIES))
+    return {**options, "config_kwargs": config}
+
+
 def _chain_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """fsspec gives flat options to the first filesystem of a chained URL (`a::s3://b/k`); ours
-    are meant for the storage at the end of the chain, so they go there."""
+    are meant for the storage at the end of the chain, so they go there, with the retry policy."""
     options = dict(storage_options or {})
-    if "::" not in url or not options:
-        return options
+    protocol = url.rsplit("::", 1)[-1].split("://", 1)[0] if "://" in url else "file"
+    if "::" not in url:
+        return _with_retries(protocol, options)
     protocols = {p.split("://", 1)[0] for p in url.split("::") if "://" in p}
     if protocols & set(options):  # already per protocol
         return options
-    inner = url.rsplit("::", 1)[1]
-    return {inner.split("://", 1)[0] if "://" in inner else "file": options}
+    inner = _with_retries(protocol, options)
+    return {protocol: inner} if inner else {}
 
 
 # ---------------------------------------------------------------------------------------------
