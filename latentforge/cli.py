@@ -183,6 +183,7 @@ def _add_job_args(sub) -> None:
     )
     _add_config_args(submit)
     submit.add_argument("--address", help=ADDRESS_HELP)
+    submit.add_argument("--overwrite", action="store_true", help="the job runs `latentforge run --overwrite`: the output's earlier results are deleted first")
     submit.add_argument("--wait", action="store_true", help="stream the job's logs until it ends; exit 0 on SUCCEEDED, 1 otherwise")
     submit.add_argument("--submission-id", metavar="ID", help="the job's id (default: Ray makes one); an id already used on the cluster is refused (exit 2)")
     submit.add_argument("--ship-package", action="store_true", help="upload this latentforge package with the job (py_modules), for images without it or with another version")
@@ -207,7 +208,7 @@ def _jobs(args: argparse.Namespace) -> int:
             job_id = jobs.submit(
                 args.config, args.overrides, address=args.address, submission_id=args.submission_id,
                 ship_package=args.ship_package, pip=args.pip, env=args.env,
-                driver_cpus=args.driver_cpus, driver_resource=args.driver_resource,
+                driver_cpus=args.driver_cpus, driver_resource=args.driver_resource, overwrite=args.overwrite,
             )
             print(f"submitted {job_id} to {jobs.resolve_address(args.address)}", flush=True)
             if not args.wait:

@@ -85,6 +85,24 @@ def test_an_id_ray_refuses_at_submission_is_a_job_error(tmp_path, monkeypatch):
         jobs.submit(str(cfg), [], submission_id="x")
 
 
+def test_submit_overwrite_runs_latentforge_run_overwrite(tmp_path, monkeypatch):
+    submitted = []
+
+    class Accepting:
+        def get_job_info(self, job_id):
+            raise RuntimeError("does not exist")
+
+        def submit_job(self, **kwargs):
+            submitted.append(kwargs["entrypoint"])
+            return "raysubmit_1"
+
+    monkeypatch.setattr(jobs, "client", lambda address=None: Accepting())
+    cfg = _config(tmp_path, _dataset(tmp_path / "data"))
+    jobs.submit(str(cfg), [], overwrite=True)
+    jobs.submit(str(cfg), [])
+    assert submitted == [f"{jobs.ENTRYPOINT} --overwrite", jobs.ENTRYPOINT]
+
+
 def test_unreachable_job_server_is_one_line_exit_2(tmp_path):
     cfg = _config(tmp_path, _dataset(tmp_path / "data"))
     result = _cli(["submit", str(cfg), "--address", f"http://127.0.0.1:{_free_port()}"], tmp_path)

@@ -147,9 +147,11 @@ def submit(
     env: Iterable[str] = (),
     driver_cpus: float = 0,
     driver_resource: str | None = None,
+    overwrite: bool = False,
 ) -> str:
     """Submit `latentforge run CONFIG` as a Ray job; returns its submission id. Raises ConfigError
-    for a config that cannot run, JobError for anything the cluster refuses."""
+    for a config that cannot run, JobError for anything the cluster refuses. `overwrite`: the job
+    runs `latentforge run --overwrite` (clears the output's earlier results first)."""
     data = shipped_config(config, overrides)
     variables = env_vars(env)
     resources = driver_resources(driver_cpus, driver_resource)
@@ -164,7 +166,7 @@ def submit(
         (Path(workdir) / CONFIG_NAME).write_text(yaml.safe_dump(data, sort_keys=False))
         try:
             return jobs.submit_job(
-                entrypoint=ENTRYPOINT,
+                entrypoint=ENTRYPOINT + (" --overwrite" if overwrite else ""),
                 submission_id=submission_id,
                 runtime_env=runtime_env(workdir, ship_package=ship_package, pip=pip, env=variables),
                 metadata={"latentforge": latentforge.__version__, "config": Path(config).name, "output": str(data["output"])},
