@@ -9,6 +9,7 @@ import os
 import sys
 
 from latentforge import __version__
+from latentforge.rows import redact_credentials
 
 EPILOG = """\
 examples:
@@ -156,7 +157,7 @@ def _cluster(args: argparse.Namespace) -> int:
     try:
         text = r.dump(r.render(options), options)
     except r.RenderError as e:
-        print(f"latentforge: {e}", file=sys.stderr)
+        print(f"latentforge: {redact_credentials(str(e))}", file=sys.stderr)
         return 2
     if args.out:
         Path(args.out).write_text(text)
@@ -229,7 +230,7 @@ def _jobs(args: argparse.Namespace) -> int:
             print(f"{job_id}: {status}", file=sys.stderr)
             return jobs.status_code(status) if args.command == "submit" else 0
     except (ConfigError, jobs.JobError) as e:
-        print(f"latentforge: {e}", file=sys.stderr)
+        print(f"latentforge: {redact_credentials(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nlatentforge: stopped watching; the job keeps running (latentforge stop {job_id} ends it)", file=sys.stderr)
@@ -245,7 +246,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         summary = export_output(args.output, args.formats, args.to, overrides)
     except ConfigError as e:
-        print(f"latentforge: {e}", file=sys.stderr)
+        print(f"latentforge: {redact_credentials(str(e))}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
-        print(f"latentforge: {e}", file=sys.stderr)
+        print(f"latentforge: {redact_credentials(str(e))}", file=sys.stderr)
         return 2
 
     from latentforge import pipelines
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stages = pipelines.plan(cfg, use_gpus=args.gpus)
         except (ConfigError, NotImplementedError) as e:
-            print(f"latentforge: {e}", file=sys.stderr)
+            print(f"latentforge: {redact_credentials(str(e))}", file=sys.stderr)
             return 2
         print(f"input:   {cfg.input} (format: {cfg.input_format})")
         print(f"output:  {cfg.output}")
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = pipelines.run(cfg, overwrite=args.overwrite)  # checks what it can before Ray starts (pipelines.preflight)
     except (ConfigError, pipelines.ManifestError, NotImplementedError) as e:
-        print(f"latentforge: {e}", file=sys.stderr)
+        print(f"latentforge: {redact_credentials(str(e))}", file=sys.stderr)
         return 2
     counts = summary["counts"]
     print(json.dumps({"output": cfg.output, "wall_seconds": summary["wall_seconds"], "counts": counts}, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,21 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@:]+:[^/\s@]+@", re.I)
+_SECRET_PARAM = re.compile(r"([?&](?:x-amz-(?:signature|credential|security-token)|sig|signature|token|key|api_key|access_token|password)=)[^&\s:'\")]+", re.I)
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the credentials a URL can carry masked: `user:password@` and the signature,
+    credential and token parameters of presigned URLs. Error reasons and one-line messages go
+    through this before they are written or printed (docs/outputs.md, "Credentials")."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+
+
 def error_row(row: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
     """The row back with `error` and `error_stage` set: a failure never kills the job."""
     out = dict(row)
-    out["error"] = reason
+    out["error"] = redact_credentials(reason)
     out["error_stage"] = stage
     return out
 

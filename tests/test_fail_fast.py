@@ -110,3 +110,43 @@ def test_a_model_that_cannot_load_is_one_line(tmp_path, overrides, key):
     line = one_line_error(run_cli(tmp_path, *[o.format(tmp=tmp_path) for o in overrides], env=env))
     assert line.startswith(f"latentforge: {key}"), line
     assert "model_path" in line or "no vae/config.json" in line
+
+
+def test_redact_credentials_masks_url_secrets_and_nothing_else():
+    from latentforge.rows import redact_credentials
+
+    assert redact_credentials("https://bob:hunter2@host/a.mp4: file not found") == "https://***@host/a.mp4: file not found"
+    presigned = "https://b.s3.amazonaws.com/a.mp4?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc&X-Amz-Security-Token=t0k: 403"
+    assert redact_credentials(presigned) == "https://b.s3.amazonaws.com/a.mp4?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Security-Token=***: 403"
+    assert redact_credentials("gs://b/x?alt=media&token=abc") == "gs://b/x?alt=media&token=***"
+    kept = "s3://bucket/clips/key.mp4: damaged or truncated container (moov atom not found; key=3)"
+    assert redact_credentials(kept) == kept
+
+
+@pytest.mark.ray
+def test_credentials_reach_no_output_file_and_no_log(tmp_path):
+    """Media URLs carrying credentials (user:password@, a presigned signature) fail to open
+    (nothing listens on port 9): their error rows, run.json and everything the run printed
+    hold the masked form; a secret given with --set is masked too."""
+    secrets = ("hunter2-secret", "deadbeef0signature", "t0ken-value", "topsecret-set-value")
+    lines = [
+        {"media_path": "http://bob:hunter2-secret@127.0.0.1:9/a.mp4", "caption": "One."},
+        {"media_path": "http://127.0.0.1:9/b.mp4?X-Amz-Signature=deadbeef0signature&X-Amz-Security-Token=t0ken-value", "caption": "Two."},
+        {"media_path": str(REPO / "examples/media/landscape.mp4"), "caption": "Three."},
+    ]
+    (tmp_path / "dataset.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    proc = run_cli(tmp_path, f"input={tmp_path / 'dataset.jsonl'}", "storage_options.secret=topsecret-set-value", "encode_text.enabled=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    printed = (proc.stdout + proc.stderr).encode()
+    for secret in secrets:
+        assert secret.encode() not in written and secret.encode() not in printed, secret
+    from latentforge.formats.shards import read_table
+
+    errors = sorted(r["error"] for r in read_table(str(tmp_path / "out"), "errors").to_pylist())
+    assert len(errors) == 2 and "http://***@127.0.0.1:9/a.mp4" in errors[0] and "X-Amz-Signature=***" in errors[1]
+    verify = subprocess.run(
+        [sys.executable, "-m", "latentforge.cli", "verify", str(tmp_path / "out"), "--input", str(tmp_path / "dataset.jsonl")],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr  # masked error rows still account for their inputs

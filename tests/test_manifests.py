@@ -333,6 +333,12 @@ def test_media_type_of_is_case_insensitive():
     assert media_type_of("x.gif") is None
 
 
+def test_media_type_of_a_presigned_url_ignores_its_query():
+    assert media_type_of("https://b.s3.amazonaws.com/c/x.mp4?X-Amz-Signature=ab.cd&X-Amz-Expires=60") == "video"
+    assert media_type_of("http://host/still.PNG#frag") == "image"
+    assert media_type_of("s3://b/odd?name.mp4") == "video"  # '?' is part of an S3 key
+
+
 # --- object storage ---------------------------------------------------------------------------
 
 

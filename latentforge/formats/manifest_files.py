@@ -41,8 +41,12 @@ def media_type_of(ref: str) -> str | None:
 
 
 def extension(ref: str) -> str:
-    """The lower-case extension with its dot ('' when none); a trailing '/' is ignored."""
-    return posixpath.splitext(str(ref).rstrip("/"))[1].lower()
+    """The lower-case extension with its dot ('' when none); a trailing '/' is ignored, and so is
+    the query of an http(s) URL (a presigned `.../clip.mp4?X-Amz-Signature=...` is an .mp4)."""
+    ref = str(ref)
+    if ref.lower().startswith(("http://", "https://")):
+        ref = ref.split("#", 1)[0].split("?", 1)[0]
+    return posixpath.splitext(ref.rstrip("/"))[1].lower()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from latentforge.rows import plain, stable_hash
+from latentforge.rows import plain, redact_credentials, stable_hash
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
 LATENTS = "latents"
@@ -89,9 +89,11 @@ def shard_name(ids: Iterable[str]) -> str:
 
 
 def write_error_shard(output: str, errors: list[dict[str, Any]], storage_options: dict[str, Any] | None = None) -> None:
-    """One shard of failed rows under output/errors/, named by the rows it holds; tensors dropped."""
+    """One shard of failed rows under output/errors/, named by the rows it holds; tensors dropped,
+    credentials in URLs (a presigned media URL, `user:password@`) masked in every text column."""
     if not errors:
         return
+    errors = [{k: redact_credentials(v) if isinstance(v, str) else v for k, v in r.items()} for r in errors]
     ids = [stable_hash(r.get("uri"), r.get("start_frame"), r.get("end_frame"), r.get("error")) for r in errors]
     drop = [k for k in errors[0] if k.endswith(("_bytes", "_shape", "_dtype"))]
     fs, path = get_fs(join(output, ERRORS, shard_name(ids)), storage_options)

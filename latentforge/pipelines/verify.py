@@ -25,6 +25,7 @@ import ray
 
 from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary
 from latentforge.pipelines.outputs import IdSet
+from latentforge.rows import redact_credentials
 from latentforge.storage import get_fs, join
 
 EXAMPLES = 5  # problems of one kind listed by name; the rest are counted
@@ -122,15 +123,17 @@ def _scan(output: str, table: str, key: str, so: dict, need: IdSet | None = None
 
 @ray.remote(num_cpus=0.25)
 def account_for_input(input_url: str, input_format: str, storage_options: dict | None, uris: list[IdSet]) -> tuple[int, list[str]]:
-    """Input rows (media files) that are neither a latent nor an error row: (count, examples)."""
+    """Input rows (media files) that are neither a latent nor an error row: (count, examples).
+    `uris` = [those of the latents, those of the error rows]."""
     from latentforge.formats.manifests import plan_reads, read_part
 
     count, examples = 0, []
     for part in plan_reads(input_url, input_format, storage_options):
         for row in read_part(part, storage_options):
-            if row.get("uri") and not row.get("error") and not any(str(row["uri"]) in u for u in uris):
+            uri = str(row.get("uri") or "")  # an error row's uri has its credentials masked
+            if uri and not row.get("error") and uri not in uris[0] and redact_credentials(uri) not in uris[1]:
                 count += 1
-                examples = examples if len(examples) >= EXAMPLES else [*examples, str(row["uri"])]
+                examples = examples if len(examples) >= EXAMPLES else [*examples, redact_credentials(uri)]
     return count, examples
 
 
