@@ -116,3 +116,30 @@ def test_one_bad_sample_costs_the_batch_nothing(monkeypatch):
         with torch.no_grad():
             expected = vae.encode(frames_to_input(frames[i][None])).latent_dist.mean[0]
         torch.testing.assert_close(from_columns({k: out[k][i] for k in out}, "latent"), expected)
+
+
+def test_out_of_memory_retries_smaller_then_tiled(monkeypatch):
+    """A batch that runs out of memory is split until it fits; a single sample that still does
+    not fit is tried once more with the VAE's tiling on. Every sample lands with the VAE's
+    own latent, none becomes an error (issue 11)."""
+    batch = _batch([(5, 32, 32, 3)] * 4)
+    batch["frames"][3][0, 0, 0, 0] = 203  # this one fits only tiled
+    frames = [f.copy() for f in batch["frames"]]
+    stage = VideoEncodeStage("tiny-wan2.1", dtype="float32", device="cpu", micro_batch=4)
+    real, calls = stage.encode, []
+
+    def small_memory(stack):
+        calls.append((len(stack), bool(getattr(stage.vae, "use_tiling", False))))
+        if len(stack) > 2 or ((stack[:, 0, 0, 0, 0] == 203).any() and not stage.vae.use_tiling):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(stack)
+
+    monkeypatch.setattr(stage, "encode", small_memory)
+    out = stage(batch)
+    assert out.get("error") is None or not any(out["error"])
+    assert calls[0] == (4, False) and (2, False) in calls and calls[-1] == (1, True)
+    vae = load_vae(get_preset("tiny-wan2.1"))
+    for i in range(4):
+        with torch.no_grad():
+            expected = vae.encode(frames_to_input(frames[i][None])).latent_dist.mean[0]
+        torch.testing.assert_close(from_columns({k: out[k][i] for k in out}, "latent"), expected)
