@@ -33,6 +33,19 @@ def _audio_only(path: Path) -> None:
             container.mux(packet)
 
 
+def _cut_midstream(src: Path, dst: Path) -> None:
+    """The index first (faststart), then only the first 30% of the frames' data: probe reads a
+    whole file's metadata, the decode runs out part way (a download cut short)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    data = dst.read_bytes()
+    dst.write_bytes(data[: int(len(data) * 0.3)])
+
+
 def build_corpus(root: Path) -> tuple[list[str], dict[str, str], list[str]]:
     """(manifest lines, expected error kind per media name, names that must land)."""
     make_video(root / "good_a.mp4", 96, 64, 12, 24)
@@ -48,6 +61,7 @@ def build_corpus(root: Path) -> tuple[list[str], dict[str, str], list[str]]:
     (root / "zero.png").write_bytes(b"")
     data = (root / "good_a.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    _cut_midstream(make_video(root / "src24.mp4", 96, 64, 24, 24), root / "cut_midstream.mp4")
     (root / "text.mp4").write_text("<html>403 Forbidden</html>\n" * 20)
     (root / "garbage.png").write_bytes(bytes(range(256)) * 8)
     _audio_only(root / "audio_only.mp4")
@@ -61,6 +75,7 @@ def build_corpus(root: Path) -> tuple[list[str], dict[str, str], list[str]]:
         "truncated.mp4": "probe/damaged or truncated container", "text.mp4": "probe/not a video file",
         "garbage.png": "probe/not an image file", "audio_only.mp4": "probe/no video stream",
         "missing.mp4": "probe/file not found", "short.mp4": "prepare/too short",
+        "cut_midstream.mp4": "prepare/decode failed",
         "anim.gif": "source/unsupported media type", "noext": "source/unsupported media type",
         "../outside.mp4": "source/media path leaves the manifest's folder",
     }
