@@ -25,6 +25,7 @@ from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.formats.shards import ERRORS, write_run_summary
+from latentforge.pipelines import backpressure
 from latentforge.pipelines.outputs import sweep
 from latentforge.pipelines.stages import Job, Stage, active
 from latentforge.pipelines.tally import totals
@@ -159,12 +160,14 @@ def configure_data_context(cfg: PipelineConfig) -> None:
 
     Ray Data already restarts a lost actor and retries its tasks without limit; on top of that
     an actor whose model load fails (a flaky disk or download on a fresh node) is retried, and a
-    run that stops making progress (no GPU node ever arrives) fails after a bounded time.
+    run that stops making progress (no GPU node ever arrives) fails after a bounded time, and
+    the blocks waiting between stages are bounded in number as well as in bytes.
     """
     ctx = ray.data.DataContext.get_current()
     ctx.actor_init_retry_on_errors = True
     ctx.actor_init_max_retries = cfg.ray.actor_init_retries
     ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
+    backpressure.install(ctx)  # cheap stages may not run far ahead of slow ones (docs/scale.md)
 
 
 def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
