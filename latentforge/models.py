@@ -119,6 +119,26 @@ _REAL_PRESETS = [
     ),
 ]
 
+# The VAE compute dtype on a GPU when encode_video.compute_dtype is unset, after each model's
+# published usage (docs/models.md, "Dtypes"): diffusers' Wan examples keep the VAE in float32;
+# HunyuanVideo's run its VAE in float16; LTX-Video, LTX-2 and CogVideoX run theirs in bfloat16.
+# On the CPU everything computes in float32 (bf16 kernels are slow there).
+VAE_COMPUTE_DTYPE_ON_GPU = {"wan": "float32", "hunyuanvideo": "float16", "ltx-video": "bfloat16", "ltx2": "bfloat16", "cogvideox": "bfloat16"}
+# Text encoders whose activations overflow float16 (T5 / UMT5 feed-forwards, Gemma 3): refused.
+FP16_OVERFLOWS = {"wan": "UMT5-XXL", "ltx-video": "T5-v1.1-XXL", "cogvideox": "T5-v1.1-XXL", "ltx2": "Gemma 3"}
+
+
+def video_dtypes(family: str, compute: str | None, storage: str | None, use_gpus: bool, recorded: dict | None = None) -> tuple[str, str]:
+    """(compute, storage) dtype of the VAE stage: what the config sets, else what the output was
+    made with (`recorded`, from its run.json: a resume on other hardware keeps the output's
+    dtypes), else the defaults: the family's compute dtype on GPU, float32 on CPU; bfloat16
+    storage on GPU, float32 on CPU."""
+    recorded = recorded or {}
+    compute = compute or recorded.get("compute") or (VAE_COMPUTE_DTYPE_ON_GPU[family] if use_gpus else "float32")
+    storage = storage or recorded.get("storage") or ("bfloat16" if use_gpus else "float32")
+    return compute, storage
+
+
 _TINY_ENCODER_SHORT = {
     "ltx2": "gemma3",
     "ltx-video": "t5",

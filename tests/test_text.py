@@ -213,3 +213,28 @@ def test_captions_longer_than_the_encoder_keeps_are_counted():
     out = stage(batch)
     assert list(out["_count_captions_truncated"]) == [0, 1, 1]
     assert len(stage.pipe.tokenizer(long)["input_ids"]) > preset.max_sequence_length
+
+
+def test_a_nan_embedding_becomes_an_error_row_not_a_stored_tensor(tiny_home, monkeypatch):
+    stage = TextEncodeStage("tiny", device="cpu")
+    real = stage._encode
+
+    def overflowing(texts):
+        out = real(texts)
+        return [(emb.fill_(float("inf")) if t == "Overflows." else emb, n, extras) for t, (emb, n, extras) in zip(texts, out)]
+
+    monkeypatch.setattr(stage, "_encode", overflowing)
+    out = stage({"caption_id": np.array(["a", "b"], dtype=object), "caption": np.array(["Fine.", "Overflows."], dtype=object)})
+    assert out["error"][0] is None and out["embedding_bytes"][0] is not None
+    assert out["error_stage"][1] == "encode_text" and "NaN or inf" in out["error"][1] and out["embedding_bytes"][1] is None
+
+
+@pytest.mark.parametrize("model", ["wan2.1", "ltx-video", "cogvideox", "ltx2", "tiny-wan2.1"])
+def test_float16_is_refused_for_encoders_that_overflow_in_it(model):
+    from latentforge.config import ConfigError, load_config
+
+    settings = dict(input="in", output="out", model=model, buckets="512x512x9")
+    with pytest.raises(ConfigError, match="float16 overflows"):
+        load_config(None, ["encode_text.dtype=float16"], **settings)
+    assert load_config(None, ["encode_text.dtype=float16", "encode_text.enabled=false"], **settings)
+    assert load_config(None, ["encode_text.dtype=float16"], input="in", output="out", model="hunyuanvideo").encode_text.dtype == "float16"

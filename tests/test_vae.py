@@ -143,3 +143,86 @@ def test_out_of_memory_retries_smaller_then_tiled(monkeypatch):
         with torch.no_grad():
             expected = vae.encode(frames_to_input(frames[i][None])).latent_dist.mean[0]
         torch.testing.assert_close(from_columns({k: out[k][i] for k in out}, "latent"), expected)
+
+
+# --- issue 12: memory switches, compute vs storage dtype ----------------------------------------
+
+from latentforge.models import video_dtypes  # noqa: E402
+from latentforge.operators import vae_memory  # noqa: E402
+
+GIB = 2**30
+
+
+def test_memory_rule_turns_switches_on_only_for_buckets_that_do_not_fit():
+    small = vae_memory.plan_memory("ltx2", 25, 256, 256, "bfloat16", 80 * GIB, 2 * GIB, batch_size=4)
+    assert (small.tiling, small.framewise, small.micro_batch, small.fits) == (False, False, 4, True)
+    big = vae_memory.plan_memory("ltx2", 121, 768, 1280, "bfloat16", 24 * GIB, 2 * GIB, batch_size=4)
+    assert big.framewise and big.tiling and big.micro_batch == 1  # frame-wise first, then tiles
+    assert big.clip_bytes < vae_memory.clip_bytes("ltx2", 121, 768, 1280, "bfloat16", False, False) / 10
+    mid = vae_memory.plan_memory("ltx2", 121, 512, 768, "bfloat16", 80 * GIB, 2 * GIB, batch_size=4)
+    assert mid.framewise and not mid.tiling  # frame-wise alone is enough here
+    # Wan goes through time in chunks: its need does not grow with the clip's length
+    assert vae_memory.clip_bytes("wan", 81, 480, 832, "float32", False, False) == vae_memory.clip_bytes("wan", 5, 480, 832, "float32", False, False)
+    # micro-batches: as many clips as fit, never more than asked
+    batch = vae_memory.plan_memory("wan", 49, 480, 832, "float32", 24 * GIB, GIB, batch_size=8)
+    assert 1 <= batch.micro_batch < 8 and batch.micro_batch * batch.clip_bytes <= (24 - 1) * GIB * vae_memory.USABLE_SHARE
+    # overrides win; on the CPU nothing is planned unless asked
+    assert vae_memory.plan_memory("wan", 9, 64, 64, "float32", 80 * GIB, GIB, 4, tiling="on").tiling
+    assert not vae_memory.plan_memory("ltx2", 121, 768, 1280, "bfloat16", 24 * GIB, GIB, 4, tiling="off", framewise="off").tiling
+    cpu = vae_memory.plan_memory("ltx2", 121, 768, 1280, "float32", None, GIB, 4)
+    assert (cpu.tiling, cpu.framewise, cpu.micro_batch) == (False, False, 4)
+    assert not vae_memory.plan_memory("ltx2", 1000, 2160, 3840, "bfloat16", 8 * GIB, 2 * GIB, 4).fits
+
+
+def test_the_stage_sets_the_vae_switches_per_bucket(monkeypatch):
+    """On a (pretended) 4 GiB GPU the big bucket is encoded tiled and the small one is not."""
+    stage = VideoEncodeStage("tiny-ltx-video", dtype="float32", device="cpu", micro_batch=4)
+    stage.memory_bytes = 4 * GIB
+    seen = []
+    real = stage.encode
+    monkeypatch.setattr(stage, "encode", lambda x: (seen.append((x.shape[2], stage.vae.use_tiling, stage.vae.use_framewise_encoding)), real(x))[1])
+    big, small = (9, 1024, 1024, 3), (9, 64, 64, 3)
+    stage(_batch([small, big]))
+    assert (64, False, False) in seen and (1024, True, True) in seen
+    assert stage.memory_plan(big).micro_batch < stage.memory_plan(small).micro_batch == 4
+
+
+@pytest.mark.parametrize("name", ["tiny-wan2.1", "tiny-ltx-video", "tiny-hunyuanvideo", "tiny-ltx2"])
+def test_a_tiled_encode_keeps_the_latent_shape_and_is_repeatable(name):
+    """Tiles small enough that a clip is cut into several: the latent has the untiled
+    shape and the same value on every run. How close it is to the untiled latent depends on
+    trained weights (random tiny twins differ by 17-100% relative L2: docs/models.md), so
+    closeness is benchmarks/gpu_check.py's to report, not this test's."""
+    preset = get_preset(name)
+    f, m = preset.frame_modulus + preset.frame_remainder, preset.spatial_multiple
+    x = frames_to_input(_batch([(f, 4 * m, 6 * m, 3)])["frames"][0][None])
+    vae = load_vae(preset)
+    with torch.no_grad():
+        whole = vae.encode(x).latent_dist.mean
+        vae.enable_tiling(tile_sample_min_height=2 * m, tile_sample_min_width=2 * m, tile_sample_stride_height=m, tile_sample_stride_width=m)
+        tiled = [vae.encode(x).latent_dist.mean for _ in range(2)]
+    assert tiled[0].shape == whole.shape and torch.equal(tiled[0], tiled[1])
+    assert not torch.equal(tiled[0], whole)  # the tiles did run
+
+
+def test_compute_float32_store_bfloat16_stores_the_bf16_of_the_float32_latent():
+    frames = _batch([(5, 32, 32, 3)])
+    original = frames["frames"][0].copy()
+    stage = VideoEncodeStage("tiny-wan2.1", dtype="bfloat16", compute_dtype="float32", device="cpu")
+    assert (stage.compute_name, stage.dtype_name) == ("float32", "bfloat16")
+    out = stage(frames)
+    stored = from_columns({k: out[k][0] for k in out}, "latent")
+    assert out["latent_dtype"][0] == "bfloat16"
+    with torch.no_grad():
+        expected = load_vae(get_preset("tiny-wan2.1")).encode(frames_to_input(original[None])).latent_dist.mean[0]
+    assert torch.equal(stored, expected.to(torch.bfloat16))
+
+
+def test_dtypes_follow_config_then_the_output_then_the_device():
+    assert video_dtypes("wan", None, None, use_gpus=True) == ("float32", "bfloat16")
+    assert video_dtypes("ltx2", None, None, use_gpus=True) == ("bfloat16", "bfloat16")
+    assert video_dtypes("hunyuanvideo", None, None, use_gpus=True) == ("float16", "bfloat16")
+    assert video_dtypes("ltx2", None, None, use_gpus=False) == ("float32", "float32")
+    made_on_gpu = {"compute": "bfloat16", "storage": "bfloat16"}
+    assert video_dtypes("ltx2", None, None, use_gpus=False, recorded=made_on_gpu) == ("bfloat16", "bfloat16")  # resume on CPU
+    assert video_dtypes("ltx2", "float32", None, use_gpus=False, recorded=made_on_gpu) == ("float32", "bfloat16")

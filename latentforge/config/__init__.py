@@ -42,7 +42,10 @@ class PrepareConfig(_Section):
 
 
 class EncodeVideoConfig(ActorPool):
-    dtype: Optional[DTYPE] = Field(None, description="VAE compute and storage dtype; default bfloat16 on GPU, float32 on CPU")
+    dtype: Optional[DTYPE] = Field(None, description="latent storage dtype; default: the output's, else bfloat16 on GPU, float32 on CPU")
+    compute_dtype: Optional[DTYPE] = Field(None, description="VAE compute dtype; default: the output's, else the family's on GPU (docs/models.md), float32 on CPU")
+    tiling: Literal["auto", "on", "off"] = Field("auto", description="spatial tiling; auto: on for buckets that do not fit the GPU without it (docs/models.md)")
+    framewise: Literal["auto", "on", "off"] = Field("auto", description="frame-wise encoding (LTX, HunyuanVideo VAEs); auto: on where needed to fit")
     store_logvar: bool = False
 
 
@@ -144,6 +147,18 @@ class PipelineConfig(_Section):
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; allowed: {', '.join(sorted(PRESETS))}")
         return name
+
+    @model_validator(mode="after")
+    def _no_fp16_overflow(self) -> "PipelineConfig":
+        from latentforge.models import FP16_OVERFLOWS, get_preset
+
+        encoder = FP16_OVERFLOWS.get(get_preset(self.model, self.model_path).family)
+        if self.encode_text.enabled and self.encode_text.dtype == "float16" and encoder:
+            raise ValueError(
+                f"encode_text.dtype: float16 overflows in {encoder} (its activations pass float16's range and become "
+                "inf/NaN); use bfloat16 or float32"
+            )
+        return self
 
     def bucket_list(self) -> list[Bucket]:
         """Parsed buckets, checked against the preset's VAE rules."""

@@ -262,6 +262,8 @@ class TextEncodeStage:
                 errors[i] = "missing caption"
             elif isinstance(result, Exception):
                 errors[i] = f"text encoding failed: {type(result).__name__}: {result}"
+            elif not all(bool(torch.isfinite(t).all()) for t in (result[0], *result[2].values())):
+                errors[i] = "text encoding failed: the embedding has NaN or inf values"  # never stored
             else:
                 emb, length, extras = result
                 lengths[i] = length

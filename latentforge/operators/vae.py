@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
-from latentforge.operators.devices import default_device, default_dtype, set_cpu_threads
+from latentforge.operators.devices import default_device, set_cpu_threads
 from latentforge.operators.base import Resources
+from latentforge.operators.vae_memory import MemoryPlan, plan_memory
 from latentforge.rows import has_value, object_column
 
 RESOURCES = Resources(num_cpus=1, num_gpus=1)
@@ -53,19 +55,47 @@ class VideoEncodeStage:
         store_logvar: bool = False,
         micro_batch: int = 4,
         cpu_actors_per_node: int | None = None,
+        compute_dtype: str | None = None,
+        tiling: str = "auto",
+        framewise: str = "auto",
     ):
-        """`cpu_actors_per_node`: on the CPU, torch gets the node's CPUs divided by this as
-        threads (the pipeline passes it on CPU-only runs); None keeps torch's thread count."""
-        from latentforge.models import get_preset, load_vae
+        """`dtype` is what latents are stored in, `compute_dtype` what the VAE runs in (each None:
+        the device's default, `models.video_dtypes`). `tiling` / `framewise`: "auto" lets the
+        memory rule decide per bucket from the GPU's memory (vae_memory.py). `cpu_actors_per_node`:
+        on the CPU, torch gets the node's CPUs divided by this as threads (the pipeline passes it
+        on CPU-only runs); None keeps torch's thread count."""
+        from latentforge.models import get_preset, load_vae, video_dtypes
 
         self.device = device or default_device()
-        self.dtype_name = dtype or default_dtype(self.device)
-        self.dtype = DTYPES[self.dtype_name]
-        self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
         self.preset = get_preset(model, model_path)
+        on_gpu = torch.device(self.device).type == "cuda"
+        self.compute_name, self.dtype_name = video_dtypes(self.preset.family, compute_dtype, dtype, on_gpu)
+        self.dtype = DTYPES[self.compute_name]
+        self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
         self.vae = load_vae(self.preset, device=self.device, dtype=self.dtype)
         self.store_logvar = store_logvar
         self.micro_batch = micro_batch
+        self.tiling, self.framewise = tiling, framewise
+        self.memory_bytes = torch.cuda.get_device_properties(torch.device(self.device)).total_memory if on_gpu else None
+        self.weights_bytes = sum(p.numel() * p.element_size() for p in self.vae.parameters())
+        self.plans: dict[tuple[int, ...], MemoryPlan] = {}
+
+    def memory_plan(self, shape: tuple[int, ...]) -> MemoryPlan:
+        """The memory switches and micro-batch for frames of `shape` ([F, H, W, 3]), once per shape."""
+        if shape not in self.plans:
+            f, h, w = shape[:3]
+            self.plans[shape] = plan_memory(
+                self.preset.family, f, h, w, self.compute_name, self.memory_bytes, self.weights_bytes,
+                self.micro_batch, self.tiling, self.framewise,
+            )
+        return self.plans[shape]
+
+    def use_plan(self, plan: MemoryPlan) -> None:
+        """Set the VAE's own switches as the plan says (the classes keep them as attributes)."""
+        if hasattr(self.vae, "enable_tiling"):
+            self.vae.enable_tiling() if plan.tiling else self.vae.disable_tiling()
+        if hasattr(self.vae, "use_framewise_encoding"):
+            self.vae.use_framewise_encoding = plan.framewise
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +118,9 @@ class VideoEncodeStage:
                 half = len(rows) // 2
                 return {**self.encode_rows(frames_col, rows[:half]), **self.encode_rows(frames_col, rows[half:])}
             if is_out_of_memory(e) and hasattr(self.vae, "enable_tiling") and not getattr(self.vae, "use_tiling", False):
-                self.vae.enable_tiling()
+                self.vae.enable_tiling()  # and so for the rest of this shape's clips, one at a time
+                shape = tuple(frames_col[rows[0]].shape)
+                self.plans[shape] = replace(self.memory_plan(shape), tiling=True, micro_batch=1)
                 return self.encode_rows(frames_col, rows)
             return {rows[0]: e}
         out: dict[int, Any] = {}
@@ -112,9 +144,11 @@ class VideoEncodeStage:
             if (errors is not None and has_value(errors[i])) or frames_col[i] is None or frames_col[i].size == 0:
                 continue  # failed rows and rows already in the output pass through
             groups[tuple(frames_col[i].shape)].append(i)
-        for rows in groups.values():
-            for k in range(0, len(rows), self.micro_batch):
-                for i, result in self.encode_rows(frames_col, rows[k : k + self.micro_batch]).items():
+        for shape, rows in groups.items():
+            plan = self.memory_plan(shape)
+            self.use_plan(plan)
+            for k in range(0, len(rows), plan.micro_batch):
+                for i, result in self.encode_rows(frames_col, rows[k : k + plan.micro_batch]).items():
                     if isinstance(result, BaseException):
                         failed[i] = f"vae encode failed ({type(result).__name__}: {str(result).strip()[:300]})"
                         continue

@@ -17,12 +17,13 @@ from typing import Any
 import ray
 
 from latentforge import __version__
-from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, existing_values, read_table
-from latentforge.models import get_preset, text_encoder_name, vae_normalization
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, existing_values, read_run_summary, read_table
+from latentforge.models import get_preset, text_encoder_name, vae_normalization, video_dtypes
 from latentforge.operators import captions as captions_op
 from latentforge.operators import frames as frames_op
 from latentforge.operators import text as text_op
 from latentforge.operators import vae as vae_op
+from latentforge.operators.vae_memory import describe_thresholds
 from latentforge.pipelines.caption import STAGES as CAPTION_STAGES
 from latentforge.pipelines.caption import captioned_in_run, in_run
 from latentforge.pipelines.export import counts as export_counts
@@ -60,10 +61,38 @@ def prepare(
 
 
 def _finished_samples(job: Job) -> None:
-    """The sample ids already in the output, as an IdSet in the object store (never on the driver)."""
+    """The sample ids already in the output, as an IdSet in the object store (never on the
+    driver); and the dtypes this run computes and stores in (`_resolve_dtypes`)."""
     cfg = job.cfg
+    _resolve_dtypes(job)
     job.state["done_latents"] = done = existing_ids(cfg.output, LATENTS, "sample_id", cfg.storage_options)
     log.info("latentforge: %d finished samples already in %s", done.size, cfg.output)
+
+
+def _resolve_dtypes(job: Job) -> None:
+    """What the configured dtypes leave open is taken from the output's run.json (a resume on
+    other hardware keeps the output's dtypes), else from the device (models.video_dtypes)."""
+    cfg = job.cfg
+    recorded = (read_run_summary(cfg.output, cfg.storage_options) or {}).get("dtypes") or {}
+    family = get_preset(cfg.model, cfg.model_path).family
+    compute, storage = video_dtypes(family, cfg.encode_video.compute_dtype, cfg.encode_video.dtype, job.use_gpus, recorded.get("encode_video"))
+    text = cfg.encode_text.dtype or (recorded.get("encode_text") or {}).get("storage") or ("bfloat16" if job.use_gpus else "float32")
+    job.state["dtypes"] = {"encode_video": {"compute": compute, "storage": storage}, "encode_text": {"compute": text, "storage": text}}
+
+
+def _vae_args(job: Job) -> dict[str, Any]:
+    cfg = job.cfg.encode_video
+    dtypes = job.state.get("dtypes", {}).get("encode_video", {})
+    return {
+        "model": job.cfg.model,
+        "model_path": job.cfg.model_path,
+        "dtype": dtypes.get("storage", cfg.dtype),
+        "compute_dtype": dtypes.get("compute", cfg.compute_dtype),
+        "tiling": cfg.tiling,
+        "framewise": cfg.framewise,
+        "store_logvar": cfg.store_logvar,
+        "micro_batch": cfg.batch_size,
+    }
 
 
 def _prepare_args(job: Job) -> dict[str, Any]:
@@ -83,9 +112,10 @@ def _describe_prepare(job: Job) -> str:
 def _describe_vae(job: Job) -> str:
     cfg = job.cfg
     preset = get_preset(cfg.model, cfg.model_path)
-    dtype = cfg.encode_video.dtype or ("bfloat16" if job.use_gpus else "float32")
+    compute, storage = video_dtypes(preset.family, cfg.encode_video.compute_dtype, cfg.encode_video.dtype, job.use_gpus)
     logvar = " + logvar" if cfg.encode_video.store_logvar else ""
-    return f"{preset.vae_class} from {preset.repo}; latent mean{logvar}; dtype {dtype}"
+    memory = "" if not job.use_gpus else "; " + describe_thresholds(preset.family, cfg.bucket_list(), compute)
+    return f"{preset.vae_class} from {preset.repo}; latent mean{logvar}; compute {compute}, stored {storage}{memory}"
 
 
 def _latent_sink_args(job: Job) -> dict[str, Any]:
@@ -154,13 +184,7 @@ VIDEO = [
         resources=vae_op.RESOURCES,
         config="encode_video",
         node_threads=True,
-        args=lambda job: {
-            "model": job.cfg.model,
-            "model_path": job.cfg.model_path,
-            "dtype": job.cfg.encode_video.dtype,
-            "store_logvar": job.cfg.encode_video.store_logvar,
-            "micro_batch": job.cfg.encode_video.batch_size,
-        },
+        args=_vae_args,
     ),
     Stage(
         "write_latents",
@@ -296,7 +320,7 @@ TEXT = [
         args=lambda job: {
             "model": job.cfg.model,
             "model_path": job.cfg.model_path,
-            "dtype": job.cfg.encode_text.dtype,
+            "dtype": job.state.get("dtypes", {}).get("encode_text", {}).get("storage", job.cfg.encode_text.dtype),
             "batch_size": job.cfg.encode_text.batch_size,
             "ltx2_stacked_hidden_states": job.cfg.encode_text.ltx2_stacked_hidden_states,
         },
@@ -359,5 +383,6 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
             "text_encoder": _encoder_name(cfg),
         },
         "used_gpus": job.use_gpus,
+        "dtypes": job.state.get("dtypes", {}),
     }
     return fields, ("torch", "diffusers", "transformers", "av")

@@ -25,7 +25,7 @@ from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.formats.shards import ERRORS, write_run_summary
-from latentforge.pipelines import backpressure
+from latentforge.pipelines.backpressure import install as bound_blocks_in_flight
 from latentforge.pipelines.outputs import sweep
 from latentforge.pipelines.stages import Job, Stage, active
 from latentforge.pipelines.tally import totals
@@ -167,7 +167,7 @@ def configure_data_context(cfg: PipelineConfig) -> None:
     ctx.actor_init_retry_on_errors = True
     ctx.actor_init_max_retries = cfg.ray.actor_init_retries
     ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
-    backpressure.install(ctx)  # cheap stages may not run far ahead of slow ones (docs/scale.md)
+    bound_blocks_in_flight(ctx)  # cheap stages may not run far ahead of slow ones (docs/scale.md)
 
 
 def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
