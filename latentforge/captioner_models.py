@@ -16,7 +16,6 @@ exactly like real weights.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from latentforge.models import latentforge_home
+from latentforge.models.placement import load_kwargs, needs_move
 from latentforge.tiny.captioners import (
     TINY_CAPTIONER_MARKER,
     TINY_CAPTIONER_RECIPE_VERSION,
@@ -95,28 +95,6 @@ def detect_family(root: str, family: str = "auto") -> str:
 # Loading
 
 
-def quantization_config(use_8bit: bool, use_4bit: bool, compute_dtype: torch.dtype = torch.bfloat16):
-    """A BitsAndBytesConfig for 8-bit or 4-bit (NF4) loading, or None; clear errors where it
-    cannot work (no CUDA, bitsandbytes not installed, both switches on)."""
-    if not (use_8bit or use_4bit):
-        return None
-    if use_8bit and use_4bit:
-        raise ValueError("caption.use_8bit and caption.use_4bit are both true: choose one")
-    which = "caption.use_8bit" if use_8bit else "caption.use_4bit"
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"{which}: bitsandbytes quantization needs a CUDA GPU and none is visible to this captioner; "
-            "set it to false on CPU-only machines (or run on GPU workers)"
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:  # transformers imports it when loading
-        raise RuntimeError(f"{which}: the bitsandbytes package is not installed (pip install bitsandbytes)")
-    from transformers import BitsAndBytesConfig
-
-    if use_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
-
-
 def load_captioner(
     root: str,
     family: str,
@@ -133,22 +111,19 @@ def load_captioner(
     """
     import transformers
 
-    quant = quantization_config(use_8bit, use_4bit, dtype)
+    if use_8bit and use_4bit:
+        raise ValueError("caption.use_8bit and caption.use_4bit are both true: choose one")
+    bits = 8 if use_8bit else 4 if use_4bit else None
+    kwargs = load_kwargs(device, dtype, bits, "caption.use_8bit" if use_8bit else "caption.use_4bit")
     processor = transformers.AutoProcessor.from_pretrained(root)
-    kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = str(device)
-    elif torch.device(device).type != "cpu":
-        kwargs["device_map"] = str(device)  # straight onto the GPU, no full copy in RAM
     if family == "qwen2.5-omni":
         model = transformers.Qwen2_5OmniForConditionalGeneration.from_pretrained(root, enable_audio_output=False, **kwargs)
         model.disable_talker()
     else:
         model = transformers.AutoModelForImageTextToText.from_pretrained(root, **kwargs)
-    if quant is None:
+    if needs_move(kwargs):
         model = model.to(device)
     model.eval()
     model.requires_grad_(False)

@@ -15,11 +15,11 @@ from latentforge.captioner_models import (
     detect_family,
     family_from_name,
     load_captioner,
-    quantization_config,
 )
 from latentforge.config import ConfigError, load_config
 from latentforge.formats.caption_manifest import manifest_bytes, manifest_rows
 from latentforge.formats.manifests import read_manifest
+from latentforge.models.placement import quantization_config
 from latentforge.operators.captioning import (
     CaptionOptions,
     caption_prompt,
@@ -259,24 +259,37 @@ def test_omni_hears_the_audio_unless_no_audio(tmp_path):
 
 
 def test_quantization_needs_cuda_and_bitsandbytes(monkeypatch):
-    assert quantization_config(False, False) is None
+    assert quantization_config(None, torch.bfloat16, "caption.use_8bit") is None
     with pytest.raises(ValueError, match="choose one"):
-        quantization_config(True, True)
+        load_captioner("unused", "qwen2.5-vl", use_8bit=True, use_4bit=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="caption.use_8bit: bitsandbytes quantization needs a CUDA GPU"):
-        quantization_config(True, False)
+        quantization_config(8, torch.bfloat16, "caption.use_8bit")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "bitsandbytes" else real_find_spec(name, *a, **k))
-    with pytest.raises(RuntimeError, match="caption.use_4bit: the bitsandbytes package is not installed"):
-        quantization_config(False, True)
+    with pytest.raises(RuntimeError, match="encode_text.quantization: the bitsandbytes package is not installed"):
+        quantization_config(4, torch.bfloat16, "encode_text.quantization")
     # installed: a BitsAndBytesConfig (transformers imports bitsandbytes itself when loading)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: object() if name == "bitsandbytes" else real_find_spec(name, *a, **k))
-    cfg = quantization_config(False, True, torch.float16)
+    cfg = quantization_config(4, torch.float16, "caption.use_4bit")
     assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4" and cfg.bnb_4bit_compute_dtype == torch.float16
-    assert quantization_config(True, False).load_in_8bit
+    assert quantization_config(8, torch.bfloat16, "caption.use_8bit").load_in_8bit
+
+
+def test_models_load_onto_one_gpu_or_spread_over_several(monkeypatch):
+    """A model actor with one GPU loads onto it; with several (num_gpus > 1, so CUDA sees
+    several) accelerate spreads it ("auto") and the model is not moved after loading."""
+    from latentforge.models.placement import device_map_for, load_kwargs, needs_move
+
+    assert device_map_for("cpu") is None and needs_move(load_kwargs("cpu", torch.float32))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device_map_for("cuda") == "cuda"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    kwargs = load_kwargs("cuda", torch.bfloat16)
+    assert kwargs == {"dtype": torch.bfloat16, "device_map": "auto"} and not needs_move(kwargs)
 
 
 def test_tiny_captioners_share_the_model_twins_atomic_build(tmp_path, monkeypatch):

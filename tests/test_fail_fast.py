@@ -150,3 +150,24 @@ def test_credentials_reach_no_output_file_and_no_log(tmp_path):
         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr  # masked error rows still account for their inputs
+
+
+def test_a_vae_on_several_gpus_is_a_config_error():
+    from latentforge.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="does not split over GPUs"):
+        load_config(None, ["encode_video.num_gpus=2"], input="in", output="out", model="tiny")
+    assert load_config(None, ["encode_video.num_gpus=0.5", "encode_text.num_gpus=2"], input="in", output="out", model="tiny")
+
+
+@pytest.mark.ray
+def test_quantised_text_encoder_without_gpus_stops_before_any_actor(tmp_path, ray_local):
+    from latentforge.config import ConfigError, load_config
+    from latentforge.pipelines import run
+
+    cfg = load_config(
+        None, ["encode_text.quantization=8bit"], input=str(REPO / "examples/media/dataset.jsonl"), output=str(tmp_path / "out"), model="tiny", buckets="64x64x9"
+    )
+    with pytest.raises(ConfigError, match="encode_text.quantization: 8bit weights need CUDA GPUs"):
+        run(cfg)
+    assert not (tmp_path / "out" / "latents").exists()

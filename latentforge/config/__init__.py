@@ -48,10 +48,23 @@ class EncodeVideoConfig(ActorPool):
     framewise: Literal["auto", "on", "off"] = Field("auto", description="frame-wise encoding (LTX, HunyuanVideo VAEs); auto: on where needed to fit")
     store_logvar: bool = False
 
+    @field_validator("num_gpus")
+    @classmethod
+    def _one_gpu_at_most(cls, value: float) -> float:
+        if value > 1:
+            raise ValueError(
+                "a VAE encode does not split over GPUs (the largest VAE is 1.2B parameters); give each actor one GPU or a "
+                "fraction and let the pool grow (max_actors) instead"
+            )
+        return value
+
 
 class EncodeTextConfig(ActorPool):
     enabled: bool = True
     dtype: Optional[DTYPE] = None
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes weights for large encoders (Gemma 3 12B on 24 GB cards); CUDA only; changes embeddings slightly"
+    )
     trigger_word: Optional[str] = Field(None, description="LoRA trigger word prepended to every caption")
     strip_openers: bool = Field(True, description="remove 'The video shows'-style openers")
     batch_size: int = Field(16, ge=1)

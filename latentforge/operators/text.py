@@ -198,6 +198,7 @@ class TextEncodeStage:
         batch_size: int = 8,
         cpu_actors_per_node: int | None = None,
         ltx2_stacked_hidden_states: bool = False,
+        quantization: str = "none",
     ):
         """`cpu_actors_per_node`: on the CPU, torch gets the node's CPUs divided by this as
         threads (the pipeline passes it on CPU-only runs); None keeps torch's thread count.
@@ -214,7 +215,8 @@ class TextEncodeStage:
         self.batch_size = max(1, int(batch_size or 1))
         self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
         self.stacked = bool(ltx2_stacked_hidden_states) and self.preset.family == "ltx2"
-        self.pipe = load_text_pipeline(self.preset, device=self.device, dtype=self.dtype, connectors=not self.stacked)
+        bits = {"8bit": 8, "4bit": 4}.get(quantization)  # bitsandbytes weights (encode_text.quantization)
+        self.pipe = load_text_pipeline(self.preset, device=self.device, dtype=self.dtype, connectors=not self.stacked, quantization_bits=bits)
         self.extra_columns = extra_columns(self.pipe, self.preset, self.stacked)
         self.encoder_name = text_encoder_name(self.preset, self.stacked)
 

@@ -34,12 +34,15 @@ def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[st
             "prepare.target_fps": cfg.prepare.target_fps,
             "prepare.resize_filter": cfg.prepare.resize_filter,
             "encode_video.dtype": cfg.encode_video.dtype,
+            "encode_video.compute_dtype": cfg.encode_video.compute_dtype,
+            "encode_video.tiling": cfg.encode_video.tiling,
+            "encode_video.framewise": cfg.encode_video.framewise,
             "encode_video.store_logvar": cfg.encode_video.store_logvar,
         })
         if cfg.encode_text.enabled:
             options.update({
                 f"encode_text.{k}": getattr(cfg.encode_text, k)
-                for k in ("dtype", "trigger_word", "strip_openers", "ltx2_stacked_hidden_states")
+                for k in ("dtype", "trigger_word", "strip_openers", "ltx2_stacked_hidden_states", "quantization")
             })
     if splits:
         split = cfg.split.model_dump(mode="json")

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from latentforge import __version__
+from latentforge.config import ConfigError
 from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, existing_values, read_run_summary, read_table
 from latentforge.models import get_preset, text_encoder_name, vae_normalization, video_dtypes
 from latentforge.operators import captions as captions_op
@@ -71,8 +72,14 @@ def _finished_samples(job: Job) -> None:
 
 def _resolve_dtypes(job: Job) -> None:
     """What the configured dtypes leave open is taken from the output's run.json (a resume on
-    other hardware keeps the output's dtypes), else from the device (models.video_dtypes)."""
+    other hardware keeps the output's dtypes), else from the device (models.video_dtypes).
+    Quantised text encoders need CUDA: a run without GPUs stops here, before any actor starts."""
     cfg = job.cfg
+    if cfg.encode_text.enabled and cfg.encode_text.quantization != "none" and not job.use_gpus:
+        raise ConfigError(
+            f"encode_text.quantization: {cfg.encode_text.quantization} weights need CUDA GPUs (bitsandbytes) and this run "
+            "uses none; set it to none, or run on a cluster with GPUs"
+        )
     recorded = (read_run_summary(cfg.output, cfg.storage_options) or {}).get("dtypes") or {}
     family = get_preset(cfg.model, cfg.model_path).family
     compute, storage = video_dtypes(family, cfg.encode_video.compute_dtype, cfg.encode_video.dtype, job.use_gpus, recorded.get("encode_video"))
@@ -323,6 +330,7 @@ TEXT = [
             "dtype": job.state.get("dtypes", {}).get("encode_text", {}).get("storage", job.cfg.encode_text.dtype),
             "batch_size": job.cfg.encode_text.batch_size,
             "ltx2_stacked_hidden_states": job.cfg.encode_text.ltx2_stacked_hidden_states,
+            "quantization": job.cfg.encode_text.quantization,
         },
     ),
     Stage(

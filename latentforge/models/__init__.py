@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from latentforge.models.placement import load_kwargs, needs_move
 from latentforge.tiny.once import build_folder_once, recipe_marker_ok
 from latentforge.tiny.video_models import TINY_MARKER, TINY_RECIPE_VERSION, build_video_model
 
@@ -302,6 +303,7 @@ def load_text_pipeline(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     connectors: bool = True,
+    quantization_bits: int | None = None,
 ):
     """The family's diffusers pipeline holding only its text components.
 
@@ -324,11 +326,10 @@ def load_text_pipeline(
         if sub.startswith("tokenizer"):
             components[sub] = cls.from_pretrained(root, subfolder=sub)
         else:
-            kwargs: dict[str, Any] = {"dtype": dtype}
-            if torch.device(device).type != "cpu":
-                kwargs["device_map"] = str(device)  # straight onto the GPU, no full copy in RAM
+            # onto the GPU(s) directly; quantised when asked (encode_text.quantization)
+            kwargs = load_kwargs(device, dtype, quantization_bits, "encode_text.quantization")
             model = cls.from_pretrained(root, subfolder=sub, **kwargs)
-            model = model.to(device).eval()
+            model = (model.to(device) if needs_move(kwargs) else model).eval()
             model.requires_grad_(False)
             components[sub] = model
     if connectors:
