@@ -306,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, s in enumerate(stages, 1):
             print(f"  {i:>2}. {s.name:<{width}}  {s.runs_as:<{runs_width}}  {s.resources}")
             print(f"      {'':<{width}}  {s.detail}")
-        return 0
+        problems = pipelines.fit_problems(cfg, use_gpus=args.gpus)
+        for problem in problems:
+            print(f"latentforge: {problem}", file=sys.stderr)
+        return 2 if problems else 0
 
     try:
         summary = pipelines.run(cfg, overwrite=args.overwrite)  # checks what it can before Ray starts (pipelines.preflight)

@@ -25,7 +25,7 @@ from latentforge.formats.manifest_files import ManifestError
 from latentforge.pipelines.caption_settings import preflight as caption_preflight
 from latentforge.pipelines.checks import check_models, check_storage
 from latentforge.pipelines.runtime import StagePlan
-from latentforge.pipelines.stages import Job, Stage
+from latentforge.pipelines.stages import Job, Stage, active
 
 
 __all__ = ["PIPELINES", "ManifestError", "export_output", "plan", "preflight", "run", "verify_output"]
@@ -54,6 +54,17 @@ def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
         if use_gpus is None:
             use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus
     return runtime.plan(PIPELINES[cfg.pipeline].stages, Job(cfg, bool(use_gpus)))
+
+
+def fit_problems(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[str]:
+    """`plan`'s check that each pass's GPU pools can start together on the connected cluster
+    (nothing to check without `ray.address`: the embedded Ray has no GPUs to share)."""
+    if not cfg.ray.address:
+        return []
+    connect(cfg.ray.address)
+    job = Job(cfg, bool(use_gpus if use_gpus is not None else (cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus)))
+    stages = active(PIPELINES[cfg.pipeline].stages, cfg)
+    return [p for part in runtime.passes(stages) if (p := runtime.gpu_fit_problem(part, job))]
 
 
 def preflight(cfg: PipelineConfig) -> None:

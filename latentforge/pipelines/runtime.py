@@ -26,6 +26,7 @@ from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.formats.shards import ERRORS, write_run_summary
 from latentforge.pipelines.backpressure import install as bound_blocks_in_flight
+from latentforge.pipelines.gpu_fit import PoolNeed, gpu_nodes, problem
 from latentforge.pipelines.outputs import sweep
 from latentforge.pipelines.stages import Job, Stage, active
 from latentforge.pipelines.tally import totals
@@ -151,6 +152,14 @@ def plan(stages: list[Stage], job: Job) -> list[StagePlan]:
     return [StagePlan(s.name, s.ray_name, describe_resources(s, job), s.describe(job)) for s in active(stages, job.cfg)]
 
 
+def gpu_fit_problem(stages_of_pass: list[Stage], job: Job) -> str | None:
+    """What to change when a pass's GPU pools cannot all start on the connected cluster (gpu_fit.py)."""
+    if not job.use_gpus or not ray.is_initialized():
+        return None
+    needs = [PoolNeed(s.config, ray_args(s, job).get("num_gpus", 0), pool_size(s, job)[0]) for s in stages_of_pass if s.kind == "actors"]
+    return problem(needs, *gpu_nodes())
+
+
 # ---------------------------------------------------------------------------------------------
 # Running
 
@@ -249,6 +258,8 @@ def execute(stages: list[Stage], job: Job) -> Job:
     (nothing to do: an output that is complete, or a text pass with no new caption). A config or
     input problem that a Ray task found is raised as itself, without Ray's wrapping."""
     for stages_of_pass in passes(active(stages, job.cfg)):
+        if (misfit := gpu_fit_problem(stages_of_pass, job)) is not None:
+            raise ConfigError(misfit)  # before any actor waits for a GPU that never comes
         source, rest = stages_of_pass[0], stages_of_pass[1:]
         t0 = time.perf_counter()
         try:
