@@ -281,3 +281,36 @@ def test_tiny_llama_template_prefix_matches_hunyuan_crop(tiny_home):
     # the pipeline crops crop_start tokens: exactly the template prefix, the caption comes next
     assert tok.convert_ids_to_tokens(full[len(prefix_ids) :]) == ["A", "▁cat", ".", "<|eot_id|>"]
     assert tok.padding_side == "right"
+
+
+def test_normalisation_tensors_are_read_without_the_rest_of_the_weights(tiny_home):
+    """The driver reads LTX's latents_mean / latents_std as byte ranges of the safetensors file:
+    the header and those tensors, not the weights (issue 12: weights stay on the workers)."""
+    import fsspec
+    from safetensors import safe_open
+
+    from latentforge.models.weights import safetensors_tensors
+
+    (path,) = sorted((Path(model_root(get_preset("tiny-ltx-video"))) / "vae").glob("*.safetensors"))
+    read = []
+
+    class Counting(fsspec.implementations.local.LocalFileSystem):
+        def open(self, *args, **kwargs):
+            f = super().open(*args, **kwargs)
+            real = f.read
+
+            def counted(n=-1):
+                data = real(n)
+                read.append(len(data))
+                return data
+
+            f.read = counted
+            return f
+
+    keys = ["latents_mean", "latents_std"]
+    got = safetensors_tensors(Counting(), str(path), keys + ["not_there"])
+    with safe_open(str(path), framework="pt") as weights:
+        for key in keys:
+            assert torch.equal(got[key], weights.get_tensor(key))
+        header_and_tensors = 8 + sum(weights.get_tensor(k).numel() * 4 for k in keys) + 64 * 1024
+    assert set(got) == set(keys) and sum(read) < header_and_tensors < path.stat().st_size

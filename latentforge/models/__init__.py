@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from latentforge.models.placement import load_kwargs, needs_move
+from latentforge.models.weights import safetensors_tensors
 from latentforge.tiny.once import build_folder_once, recipe_marker_ok
 from latentforge.tiny.video_models import TINY_MARKER, TINY_RECIPE_VERSION, build_video_model
 
@@ -270,13 +271,12 @@ _NORMALIZATION_KEYS = ("latents_mean", "latents_std", "scaling_factor", "shift_f
 def vae_normalization(preset: ModelPreset | str) -> dict:
     """The VAE's normalisation stats, JSON-serialisable, for the latent files' metadata.
 
-    Read without building the model, so the driver of a cluster run stays light: from the VAE's
-    config where the class keeps them there (Wan, CogVideoX, Hunyuan), and for the LTX VAEs,
-    which keep per-channel `latents_mean` / `latents_std` as weight buffers, those two tensors
-    alone from the safetensors files (lazily, through safe_open). Keys with no value are left out.
-    """
-    from safetensors import safe_open
-
+    Read without building the model or downloading its weights, so the driver of a cluster run
+    stays light: from the VAE's config where the class keeps them there (Wan, CogVideoX,
+    Hunyuan), and for the LTX VAEs, which keep per-channel `latents_mean` / `latents_std` as
+    weight buffers, those two tensors alone, read as byte ranges of the safetensors files
+    (`safetensors_tensors`; a Hub repo through HfFileSystem's range requests). Keys with no
+    value are left out."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     root = model_root(preset)
     config = _diffusers_class(preset.vae_class).load_config(root, subfolder="vae")
@@ -284,17 +284,16 @@ def vae_normalization(preset: ModelPreset | str) -> dict:
     missing = [k for k in ("latents_mean", "latents_std") if k not in out]
     if missing:
         if os.path.isdir(root):
-            folder = os.path.join(root, "vae")
-        else:
-            from huggingface_hub import snapshot_download
+            import fsspec
 
-            folder = os.path.join(snapshot_download(root, allow_patterns=["vae/*"]), "vae")
-        for name in sorted(os.listdir(folder)):
-            if not name.endswith(".safetensors"):
-                continue
-            with safe_open(os.path.join(folder, name), framework="pt") as weights:
-                for key in [k for k in missing if k in weights.keys()]:
-                    out[key] = _jsonable(weights.get_tensor(key))
+            fs, folder = fsspec.filesystem("file"), os.path.join(root, "vae")
+        else:
+            from huggingface_hub import HfFileSystem
+
+            fs, folder = HfFileSystem(), f"{root}/vae"
+        for path in sorted(fs.glob(f"{folder}/*.safetensors")):
+            found = safetensors_tensors(fs, path, [k for k in missing if k not in out])
+            out.update({k: _jsonable(v) for k, v in found.items()})
     return out
 
 
