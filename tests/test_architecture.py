@@ -159,3 +159,24 @@ def test_plan_names_every_operator_that_run_executes(tmp_path, ray_local, tiny_h
     assert executed <= set(planned), f"run executed operators that plan does not list: {sorted(executed - set(planned))}"
     # and on a fresh output every planned stage ran (nothing listed that never happens)
     assert set(planned) == executed
+
+
+def test_cpu_stage_modules_never_import_the_model_stack():
+    """Ray imports a task's module in the worker that runs it: the modules whose functions and
+    classes run on CPU workers (reading, probing, bucketing, decoding, splitting, caption parts,
+    writing) must not pull in torch, diffusers or transformers, which cost a worker ~0.6 GB."""
+    import subprocess
+    import sys
+
+    cpu_modules = [
+        "latentforge.pipelines", "latentforge.pipelines.input", "latentforge.pipelines.sinks", "latentforge.pipelines.outputs",
+        "latentforge.pipelines.tally", "latentforge.pipelines.precompute_tasks", "latentforge.pipelines.split",
+        "latentforge.pipelines.caption", "latentforge.pipelines.backpressure", "latentforge.operators.probe",
+        "latentforge.operators.frames", "latentforge.operators.scenes", "latentforge.operators.captions",
+        "latentforge.operators.captioning", "latentforge.operators.captioner", "latentforge.operators.caption_api",
+    ]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in cpu_modules) + (
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\nprint(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "", f"a CPU worker would import {out.stdout.strip()}"

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-import torch
+# torch is imported inside the functions: the captioner actors' module imports this one, and a
+# CPU worker that only writes caption parts must not pay torch's import (docs/benchmarks.md).
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_dtype(device: str | torch.device) -> str:
+def default_dtype(device: Any) -> str:
     """bf16 on GPU as the trainers use; float32 on CPU, where bf16 kernels are slow."""
-    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    return "bfloat16" if str(device).startswith("cuda") else "float32"
 
 
 def node_cpus() -> int:
@@ -42,7 +46,7 @@ def node_cpus() -> int:
     return max(1, usable)
 
 
-def set_cpu_threads(device: str | torch.device, actors_per_node: int | None) -> int:
+def set_cpu_threads(device: Any, actors_per_node: int | None) -> int:
     """On the CPU, give torch the node's CPUs divided among `actors_per_node` model actors as
     intra-op threads (at least one); returns the thread count torch uses now. On a GPU, or with
     `actors_per_node` None, nothing changes.
@@ -51,6 +55,8 @@ def set_cpu_threads(device: str | torch.device, actors_per_node: int | None) -> 
     (1 for a 1-CPU or a 0-CPU actor), so without this a CPU model actor computes on one core
     whatever the machine has. The rule and why: docs/benchmarks.md ("CPU-only runs").
     """
+    import torch
+
     if actors_per_node is not None and torch.device(device).type == "cpu":
         torch.set_num_threads(max(1, node_cpus() // max(1, int(actors_per_node))))
     return torch.get_num_threads()

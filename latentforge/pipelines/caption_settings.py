@@ -8,7 +8,6 @@ import posixpath
 
 import ray
 
-from latentforge.captioner_models import family_from_name
 from latentforge.cluster import cluster_has_gpus
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.caption_manifest import DEFAULT_MANIFEST, MANIFEST_EXTENSIONS
@@ -53,6 +52,8 @@ def family(cfg: PipelineConfig) -> str | None:
     c = cfg.caption
     if c.family != "auto":
         return c.family
+    from latentforge.captioner_models import family_from_name  # torch: only where a family is resolved
+
     return family_from_name(c.model_path or c.model)
 
 

@@ -18,7 +18,7 @@ import ray
 
 from latentforge import __version__
 from latentforge.config import ConfigError
-from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, existing_values, read_run_summary, read_table
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary
 from latentforge.models import get_preset, text_encoder_name, vae_normalization, video_dtypes
 from latentforge.operators import captions as captions_op
 from latentforge.operators import frames as frames_op
@@ -30,6 +30,7 @@ from latentforge.pipelines.caption import captioned_in_run, in_run
 from latentforge.pipelines.export import counts as export_counts
 from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, source
 from latentforge.pipelines.outputs import dedupe, existing_ids
+from latentforge.pipelines.precompute_tasks import _distinct_captions, bucket_and_skip, prepare
 from latentforge.pipelines.runtime import decode_figures, seconds_of
 from latentforge.pipelines.sinks import ShardSink
 from latentforge.pipelines.split import STAGES as SPLIT_STAGES
@@ -38,27 +39,6 @@ from latentforge.storage import join
 
 log = logging.getLogger("latentforge")
 TEXT_BLOCK_ROWS = 256  # captions per block of the text pass: enough blocks for every text actor
-
-
-# ---------------------------------------------------------------------------------------------
-# Row stages of the video pass
-
-
-def bucket_and_skip(row: dict[str, Any], buckets: list, target_fps: float | None, done: frozenset) -> dict[str, Any]:
-    """The row's bucket and sample_id (from probe metadata, before any decode), and `_done` when
-    that sample is in the output already: captioning, prepare and the VAE then pass it by."""
-    out = frames_op.assign_bucket(row, buckets, target_fps)
-    out["_done"] = bool(out.get("sample_id")) and out["sample_id"] in done
-    return out
-
-
-def prepare(
-    row: dict[str, Any], target_fps: float | None, resize_filter: str, storage_options: dict, time_limit: tuple[float, float] | None = None
-) -> dict[str, Any]:
-    """prepare's stage entry: decode the bucket frames, unless the sample is done."""
-    if row.get("_done"):
-        return {"_seconds_prepare": 0.0, "_decoded_frames_prepare": 0, **row, "frames": frames_op.NO_FRAMES}
-    return frames_op.load_frames(row, target_fps, resize_filter, storage_options, time_limit)
 
 
 def _finished_samples(job: Job) -> None:
@@ -222,33 +202,6 @@ def distinct_captions(job: Job) -> Any:
         log.warning("latentforge: %d latent rows have no caption; their text encoding is skipped", counts["latent_rows_without_caption"])
     blocks = refs[1:]
     return ray.data.from_arrow_refs(blocks) if blocks else []
-
-
-@ray.remote(num_cpus=0.25, num_returns="streaming")
-def _distinct_captions(output: str, encoder_table: str, storage_options: dict, block_rows: int) -> Any:
-    """Yields the counts, then blocks of (caption_id, caption) to encode. Runs on a worker: the
-    caption columns of every latent shard and the embedded ids are read here, never on the
-    driver, and the blocks' references belong to the driver (a streaming generator's do)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = read_table(output, LATENTS, ["caption_id", "caption"], storage_options)
-    if table.num_rows == 0:
-        table = pa.table({"caption_id": pa.array([], pa.string()), "caption": pa.array([], pa.string())})
-    ids = table.column("caption_id")
-    without_caption = table.num_rows - pc.count(ids).as_py()
-    distinct = table.filter(pc.is_valid(ids)).group_by("caption_id", use_threads=False).aggregate([("caption", "first")])
-    distinct = distinct.rename_columns(["caption_id", "caption"]).sort_by("caption_id")
-    done = pa.array(sorted(existing_values(output, encoder_table, "caption_id", storage_options)), pa.string())
-    todo = distinct.filter(pc.invert(pc.is_in(distinct.column("caption_id"), value_set=done)))
-    yield {
-        "latent_rows_without_caption": without_caption,
-        "captions_distinct": distinct.num_rows,
-        "embeddings_skipped_existing": distinct.num_rows - todo.num_rows,
-        "embeddings_written": 0,
-    }
-    for start in range(0, todo.num_rows, block_rows):
-        yield todo.slice(start, block_rows)
 
 
 def _encoder_name(cfg: Any) -> str:
