@@ -6,7 +6,7 @@ On a terminal, Ray Data draws its own progress bars (rows per operator, rows/s).
     progress 2m30s | read 5000 input rows | latents: 1234 rows (3 errors), 8.2 rows/s, ETA 7m34s
 
 The numbers come from a small `Progress` actor that every sink's write task tells how many rows
-it finished (fire and forget: the driver never sees rows). The same actor keeps, per sink, rows
+it finished (a few numbers per write task; the driver never sees rows). The same actor keeps, per sink, rows
 finished per time bin since the run started; bins double in width past MAX_BINS, so run.json's
 `timeline` stays the same size however long the run or large the input.
 """

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from typing import Any, Iterable
 
 import pyarrow as pa
+import ray
 from ray.data import Datasink
 from ray.data.datasource.datasink import WriteResult
 
@@ -94,8 +95,11 @@ class RowSink(Datasink):
         extra = self.flush()
         write_error_shard(self.output, errors, self.storage_options)
         seconds[f"write_{self.name}"] += time.perf_counter() - t0
-        if self.progress is not None:  # fire and forget: progress lines and run.json's timeline
-            self.progress.add.remote(self.name, rows_seen, len(errors), time.time())
+        if self.progress is not None:  # progress lines and run.json's timeline; in before the task ends
+            try:
+                ray.get(self.progress.add.remote(self.name, rows_seen, len(errors), time.time()), timeout=30)
+            except Exception:  # noqa: BLE001 - progress is best effort, the shards are written
+                pass
         return {"counts": dict(counts), "errors": dict(kinds), "seconds": dict(seconds), "decoded_frames": dict(decoded), **extra}
 
     def on_write_complete(self, write_result: WriteResult) -> None:
