@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Any
 
-from latentforge.pipelines import report
+from latentforge.pipelines.report import collect, contact_sheets
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
 log = logging.getLogger("latentforge")
@@ -132,11 +132,11 @@ def tile_name(bucket: str) -> str:
 def build_report(output: str, storage_options: dict | None = None, contact: bool = True) -> dict[str, Any]:
     """Scan the output on Ray, draw, write report.html and report/*.png; returns what it wrote."""
     so = storage_options or {}
-    summary = report.collect(output, so)
+    summary = collect(output, so)
     from latentforge.pipelines.report_figures import render_all  # matplotlib loads only here
 
     figures = render_all(summary)
-    tiles = report.contact_sheets(summary, so) if contact else []
+    tiles = contact_sheets(summary, so) if contact else []
     page = render(summary, figures, tiles)
     fs, folder = get_fs(join(output, REPORT_DIR), so)
     if fs.exists(folder):

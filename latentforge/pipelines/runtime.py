@@ -25,7 +25,7 @@ from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.formats.shards import ERRORS, write_run_summary
-from latentforge.pipelines import backpressure
+from latentforge.pipelines.backpressure import install as install_backpressure
 from latentforge.pipelines.outputs import sweep
 from latentforge.pipelines.progress import reporting, start_progress, timeline
 from latentforge.pipelines.stages import Job, Stage, active
@@ -168,7 +168,7 @@ def configure_data_context(cfg: PipelineConfig) -> None:
     ctx.actor_init_retry_on_errors = True
     ctx.actor_init_max_retries = cfg.ray.actor_init_retries
     ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
-    backpressure.install(ctx)  # cheap stages may not run far ahead of slow ones (docs/scale.md)
+    install_backpressure(ctx)  # cheap stages may not run far ahead of slow ones (docs/scale.md)
 
 
 def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
