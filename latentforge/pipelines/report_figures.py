@@ -54,7 +54,11 @@ def buckets(summary: dict[str, Any]) -> bytes | None:
     return _barh(list(rows), [e["rows"] for e in rows.values()], "Samples per bucket", "latent rows", fmt="{:.0f}")
 
 
-def _two_histograms(edges: np.ndarray, all_counts: list[int], kept: list[int], title: str, xlabel: str, marks: list[float] = ()) -> bytes | None:
+LENGTH_TICKS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+ASPECT_TICKS = (0.25, 0.33, 0.5, 0.56, 0.75, 1, 1.33, 1.78, 2, 3, 4)
+
+
+def _two_histograms(edges: np.ndarray, all_counts: list[int], kept: list[int], title: str, xlabel: str, ticks: tuple[float, ...], marks: list[float] = ()) -> bytes | None:
     if not sum(all_counts):
         return None
     fig, ax = plt.subplots(figsize=(WIDTH, 3.0))
@@ -64,11 +68,13 @@ def _two_histograms(edges: np.ndarray, all_counts: list[int], kept: list[int], t
     for m in marks:
         ax.axvline(m, color="#444", linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     nonzero = [i for i, (a, b) in enumerate(zip(all_counts, kept)) if a or b]
-    ax.set_xlim(edges[max(0, nonzero[0] - 1)], edges[min(len(edges) - 1, nonzero[-1] + 2)])
+    low, high = edges[max(0, nonzero[0] - 1)], edges[min(len(edges) - 1, nonzero[-1] + 2)]
+    ax.set_xlim(low, high)
+    ax.set_xticks([t for t in ticks if low <= t <= high])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("clips")
     ax.set_title(title)
@@ -82,7 +88,7 @@ def _sum(a: list[int], b: list[int]) -> list[int]:
 
 def lengths(summary: dict[str, Any]) -> bytes | None:
     lat, err = summary["latents"], summary["errors"]
-    return _two_histograms(LENGTH_EDGES, _sum(lat["lengths"], err["lengths"]), lat["lengths"], "Clip length (videos)", "seconds of the span (log)")
+    return _two_histograms(LENGTH_EDGES, _sum(lat["lengths"], err["lengths"]), lat["lengths"], "Clip length (videos)", "seconds of the span (log)", LENGTH_TICKS)
 
 
 def aspects(summary: dict[str, Any]) -> bytes | None:
@@ -94,7 +100,7 @@ def aspects(summary: dict[str, Any]) -> bytes | None:
             marks.append(w / h)
         except ValueError:
             continue
-    return _two_histograms(ASPECT_EDGES, _sum(lat["aspects"], err["aspects"]), lat["aspects"], "Aspect ratio (dashed: the buckets')", "width / height (log)", marks)
+    return _two_histograms(ASPECT_EDGES, _sum(lat["aspects"], err["aspects"]), lat["aspects"], "Aspect ratio (dashed: the buckets')", "width / height (log)", ASPECT_TICKS, marks)
 
 
 def scenes(summary: dict[str, Any]) -> bytes | None:
@@ -137,16 +143,15 @@ def wall_time(summary: dict[str, Any]) -> bytes | None:
     phases = run.get("phase_wall_seconds") or {}
     parts = [(f"pass: {k}", float(v)) for k, v in phases.items() if v]
     parts.insert(0, ("Ray start, checks, summary", max(0.0, float(wall) - sum(v for _, v in parts))))
-    fig, ax = plt.subplots(figsize=(WIDTH, 1.9))
+    fig, ax = plt.subplots(figsize=(WIDTH, 2.2))
     left = 0.0
     cmap = plt.get_cmap("tab10")
     for i, (name, value) in enumerate(parts):
         ax.barh([0], [value], left=left, color=cmap(i % 10), label=f"{name}: {value:.1f}s")
         left += value
     ax.set_yticks([])
-    ax.set_xlabel("seconds")
-    ax.set_title(f"Where the wall time went ({float(wall):.1f}s)")
-    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.45), frameon=False)
+    ax.set_title(f"Where the wall time went ({float(wall):.1f}s; x: seconds)")
+    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
     return _png(fig)
 
 
