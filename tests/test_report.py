@@ -166,3 +166,13 @@ def test_timeline_stays_bounded(ray_local):
     counts = timeline["rows"]["latents"]
     assert len(counts) <= MAX_BINS and sum(counts) == 2 * len(range(0, 5000, 7))
     assert timeline["bin_seconds"] * len(counts) >= 4993
+
+
+def test_run_takes_no_report_and_inspect_is_a_command():
+    from latentforge.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["run", "my.yaml", "--no-report"]).no_report
+    assert not parser.parse_args(["run", "my.yaml"]).no_report
+    args = parser.parse_args(["inspect", "out/demo", "--sample", "abc", "--report"])
+    assert (args.output, args.sample, args.report) == ("out/demo", "abc", True)
