@@ -283,11 +283,15 @@ def _verify(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from latentforge.config import apply_overrides
     from latentforge.pipelines import inspect_output, report_output
-    from latentforge.pipelines.inspection import sample, sample_lines, summary_lines
+    from latentforge.pipelines.inspection import is_output, sample, sample_lines, summary_lines
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
+    storage_options = apply_overrides({}, overrides).get("storage_options") or {}
+    if not is_output(args.output, storage_options):
+        print(f"latentforge: {redact_credentials(args.output)} is not a latentforge output (no run.json, no latents/)", file=sys.stderr)
+        return 2
     if args.sample:
-        found = sample(args.output, args.sample, apply_overrides({}, overrides).get("storage_options") or {})
+        found = sample(args.output, args.sample, storage_options)
         if found is None:
             print(f"latentforge: no sample {args.sample} in {redact_credentials(args.output)} (latents or errors)", file=sys.stderr)
             return 1

@@ -128,6 +128,7 @@ def test_inspect_prints_the_buckets_and_counts(finished, capsys):
     (out / "report.html").unlink()
     assert main(["inspect", str(out), "--report"]) == 0
     assert (out / "report.html").exists()
+    assert main(["inspect", str(out / "latents" / "nothing-here")]) == 2  # not an output
 
 
 def test_a_report_that_fails_never_fails_the_run(monkeypatch, caplog):

@@ -19,6 +19,15 @@ from latentforge.storage import get_fs, join
 CONFIG_KEYS = ("input", "output", "model", "model_path", "buckets", "pipeline")
 
 
+def is_output(output: str, storage_options: dict | None = None) -> bool:
+    """Whether `output` holds a latentforge output: a run.json or a latents/ table."""
+    for name in ("run.json", LATENTS):
+        fs, path = get_fs(join(output, name), storage_options)
+        if fs.exists(path):
+            return True
+    return False
+
+
 def summary_lines(s: dict[str, Any]) -> list[str]:
     """The terminal summary of `report.collect`'s result."""
     run = s.get("run") or {}
