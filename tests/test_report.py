@@ -26,7 +26,7 @@ BUCKETS = "96x64x9;64x96x9;64x64x9;64x64x1"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, ray_local, tiny_home):
+def finished(tmp_path_factory, ray_local):
     from latentforge.pipelines import run
 
     root = tmp_path_factory.mktemp("report")
@@ -117,6 +117,10 @@ def test_inspect_prints_the_buckets_and_counts(finished, capsys):
     for kind, n in summary["counts"]["errors_by_reason"].items():
         assert f"{kind}: {n}" in text
     assert "encoders:" in text and "tiny-wan2.1" in text and "on storage" in text and "model=tiny" in text
+    assert main(["inspect", str(out), "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert as_json["clips_per_source"] == {"1": 5}  # five sources kept, one clip each (no split)
+    assert {k: v["rows"] for k, v in as_json["latents"]["buckets"].items()} == _bucket_counts(out)
 
     sample_id = pads.dataset(str(out / "latents"), partitioning="hive").to_table(columns=["sample_id"]).column(0)[0].as_py()
     assert main(["inspect", str(out), "--sample", sample_id]) == 0

@@ -125,6 +125,16 @@ def render(summary: dict[str, Any], figures: dict[str, bytes], tiles: list[dict[
     return f"<!doctype html><html><head><meta charset='utf-8'><title>latentforge report: {_esc(summary['output'])}</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
 
 
+def _write(url: str, data: bytes, content_type: str, storage_options: dict) -> None:
+    """Whole or not at all; on S3 with its Content-Type, so a browser shows the page from a
+    presigned or static-website URL instead of downloading it."""
+    fs, path = get_fs(url, storage_options)
+    if "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
+        fs.pipe_file(path, data, ContentType=content_type)
+    else:
+        write_bytes_atomic(fs, path, data)
+
+
 def tile_name(bucket: str) -> str:
     return f"contact-bucket={bucket}.png"
 
@@ -144,10 +154,8 @@ def build_report(output: str, storage_options: dict | None = None, contact: bool
     files = {f"{name}.png": png for name, png in figures.items()}
     files.update({tile_name(t["bucket"]): t["png"] for t in tiles if t.get("png")})
     for name, png in files.items():
-        fs_, path = get_fs(join(output, REPORT_DIR, name), so)
-        write_bytes_atomic(fs_, path, png)
-    fs_, path = get_fs(join(output, REPORT_HTML), so)
-    write_bytes_atomic(fs_, path, page.encode("utf-8"))
+        _write(join(output, REPORT_DIR, name), png, "image/png", so)
+    _write(join(output, REPORT_HTML), page.encode("utf-8"), "text/html; charset=utf-8", so)
     return {
         "html": join(output, REPORT_HTML),
         "figures": sorted(files),
