@@ -17,6 +17,7 @@ examples:
   latentforge run my.yaml --set model=ltx2 --set buckets=960x544x49
   latentforge run my.yaml --address ray://head:10001      # join a running Ray cluster
   latentforge plan my.yaml                                # show what would run
+  latentforge inspect out/demo                            # rows per bucket, errors, size; --report, --sample ID
   latentforge export out/ --format ltx2 --to ltx2_data/   # a trainer's own layout from an output
   latentforge cluster render --provider aws --out cluster.yaml   # then: ray up cluster.yaml (docs/cluster.md)
   latentforge submit my.yaml --address http://head:8265 --wait     # a Ray job on that cluster (docs/cluster.md)
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="delete the output's earlier results first (needed when options that change results differ from the run that made it)",
     )
+    run.add_argument("--no-report", action="store_true", help="skip report.html at the end of the run (docs/report.md)")
 
     plan = sub.add_parser(
         "plan",
@@ -116,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--input", help="the manifest (or folder) the output was made from")
     verify.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set storage_options.endpoint_url=http://... (repeatable)")
     verify.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    inspect = sub.add_parser(
+        "inspect",
+        help="summarise an output: rows, buckets, encoders, errors by kind, size, config",
+        description="Summarise OUTPUT (read on Ray by column projection): rows per bucket, encoders, errors by "
+        "kind, size on storage, the config it was made with. --sample ID shows one row's metadata and tensor "
+        "shapes; --report (re)builds OUTPUT/report.html. See docs/report.md.",
+    )
+    inspect.add_argument("output", help="a latentforge output folder or bucket prefix")
+    inspect.add_argument("--sample", metavar="ID", help="show this sample_id's row: metadata, tensor shapes, its caption's embeddings")
+    inspect.add_argument("--report", action="store_true", help="(re)build report.html and report/*.png of the output")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set storage_options.endpoint_url=http://... (repeatable)")
+    inspect.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     _add_cluster_args(sub)
     _add_job_args(sub)
     return parser
@@ -265,6 +280,32 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from latentforge.config import apply_overrides
+    from latentforge.pipelines import inspect_output, report_output
+    from latentforge.pipelines.inspection import is_output, sample, sample_lines, summary_lines
+
+    overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
+    storage_options = apply_overrides({}, overrides).get("storage_options") or {}
+    if not is_output(args.output, storage_options):
+        print(f"latentforge: {redact_credentials(args.output)} is not a latentforge output (no run.json, no latents/)", file=sys.stderr)
+        return 2
+    if args.sample:
+        found = sample(args.output, args.sample, storage_options)
+        if found is None:
+            print(f"latentforge: no sample {args.sample} in {redact_credentials(args.output)} (latents or errors)", file=sys.stderr)
+            return 1
+        print(json.dumps(found, indent=2, default=str) if args.json else "\n".join(sample_lines(found)))
+        return 0
+    if args.report:
+        made = report_output(args.output, overrides)
+        print(f"wrote {made['html']} ({len(made['figures'])} PNG files under report/, {made['contact_tiles']} contact tiles)")
+        return 0
+    summary = inspect_output(args.output, overrides)
+    print(json.dumps(summary, indent=2, default=str) if args.json else "\n".join(summary_lines(summary)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -272,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "inspect":
+        return _inspect(args)
     if args.command == "cluster":
         return _cluster(args)
     if args.command in JOB_COMMANDS:
@@ -312,12 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if problems else 0
 
     try:
-        summary = pipelines.run(cfg, overwrite=args.overwrite)  # checks what it can before Ray starts (pipelines.preflight)
+        summary = pipelines.run(cfg, overwrite=args.overwrite, make_report=not args.no_report)  # checks what it can before Ray starts (pipelines.preflight)
     except (ConfigError, pipelines.ManifestError, NotImplementedError) as e:
         print(f"latentforge: {redact_credentials(str(e))}", file=sys.stderr)
         return 2
     counts = summary["counts"]
-    print(json.dumps({"output": cfg.output, "wall_seconds": summary["wall_seconds"], "counts": counts}, indent=2))
+    print(json.dumps({"output": cfg.output, "wall_seconds": summary["wall_seconds"], "counts": counts, "report": summary.get("report")}, indent=2))
     return 0
 
 

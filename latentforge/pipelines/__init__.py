@@ -22,7 +22,7 @@ from typing import Any
 
 from latentforge.formats.manifest_files import ManifestError
 
-API = ("PIPELINES", "Pipeline", "export_output", "fit_problems", "plan", "preflight", "run", "verify_output")
+API = ("PIPELINES", "Pipeline", "export_output", "fit_problems", "inspect_output", "plan", "preflight", "report_output", "run", "verify_output")
 __all__ = ["ManifestError", *API]
 
 

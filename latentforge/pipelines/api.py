@@ -12,12 +12,15 @@ import latentforge.pipelines.caption as caption
 import latentforge.pipelines.export as export
 import latentforge.pipelines.fingerprint as fingerprint
 import latentforge.pipelines.precompute as precompute
+import latentforge.pipelines.report as report
+import latentforge.pipelines.report_html as report_html
 import latentforge.pipelines.runtime as runtime
 import latentforge.pipelines.split as split
 import latentforge.pipelines.verify as verify
 from latentforge.pipelines.caption import enabled as caption_enabled
 from latentforge.pipelines.caption_settings import preflight as caption_preflight
 from latentforge.pipelines.checks import check_models, check_storage
+from latentforge.formats.shards import write_run_summary
 from latentforge.pipelines.runtime import StagePlan
 from latentforge.pipelines.stages import Job, Stage, active
 
@@ -70,10 +73,11 @@ def preflight(cfg: PipelineConfig) -> None:
     check_models(cfg, caption_enabled(cfg))
 
 
-def run(cfg: PipelineConfig, overwrite: bool = False) -> dict[str, Any]:
+def run(cfg: PipelineConfig, overwrite: bool = False, make_report: bool = True) -> dict[str, Any]:
     """Run the pipeline the config names; returns the summary also written to run.json.
     An output made with other result options is refused (docs/outputs.md), unless `overwrite`,
-    which deletes its earlier results first."""
+    which deletes its earlier results first. A run that writes latents ends with its report
+    (report.html; docs/report.md), which never fails the run: run.json's `report` says how it went."""
     preflight(cfg)
     now = fingerprint.fingerprint(fingerprint.result_options(cfg, split.enabled(cfg), caption_enabled(cfg)))
     if overwrite:
@@ -81,7 +85,15 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> dict[str, Any]:
     else:
         fingerprint.check(cfg, now)
     pipeline = PIPELINES[cfg.pipeline]
-    return runtime.run(pipeline.stages, cfg, pipeline.summarize, extra={"fingerprint": now})
+    summary = runtime.run(pipeline.stages, cfg, pipeline.summarize, extra={"fingerprint": now})
+    if not make_report:
+        summary["report"] = {"skipped": "--no-report"}
+    elif cfg.pipeline in ("split", "caption"):
+        summary["report"] = {"skipped": f"the {cfg.pipeline} pipeline writes a manifest, not latents"}
+    else:
+        summary["report"] = report_html.report_after_run(cfg)
+    write_run_summary(cfg.output, summary, cfg.storage_options)
+    return summary
 
 
 def export_output(output: str, formats: list[str], to: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -109,6 +121,22 @@ def verify_output(output: str, input_url: str | None = None, overrides: list[str
     ray_options = options.get("ray") or {}
     connect(ray_options.get("address"), ray_options.get("num_cpus"))
     return verify.verify(output, input_url, options.get("input_format") or "auto", options.get("storage_options") or {})
+
+
+def inspect_output(output: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`latentforge inspect`: the output's summary (`report.collect`), on the embedded Ray or a cluster."""
+    options = apply_overrides({}, list(overrides or []))
+    ray_options = options.get("ray") or {}
+    connect(ray_options.get("address"), ray_options.get("num_cpus"))
+    return report.collect(output, options.get("storage_options") or {})
+
+
+def report_output(output: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`latentforge inspect --report`: (re)build report.html of an existing output."""
+    options = apply_overrides({}, list(overrides or []))
+    ray_options = options.get("ray") or {}
+    connect(ray_options.get("address"), ray_options.get("num_cpus"))
+    return report_html.build_report(output, options.get("storage_options") or {})
 
 
 def _storage_options(overrides: list[str] | None) -> dict[str, Any]:

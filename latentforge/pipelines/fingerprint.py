@@ -20,7 +20,7 @@ CAPTION_RESULT_KEYS = (
     "prompt", "prompt_file", "max_new_tokens", "temperature", "dtype", "no_audio", "send_video",
 )
 # What --overwrite removes: every entry latentforge writes under an output, nothing else.
-OUTPUT_ENTRIES = ("latents", "embeddings", "errors", "export", "clips", "captions", "clips.jsonl", "captions.jsonl", "run.json")
+OUTPUT_ENTRIES = ("latents", "embeddings", "errors", "export", "clips", "captions", "clips.jsonl", "captions.jsonl", "run.json", "report.html", "report")
 
 
 def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from latentforge.formats.shards import ERRORS, write_run_summary
 from latentforge.pipelines.backpressure import install as bound_blocks_in_flight
 from latentforge.pipelines.gpu_fit import PoolNeed, gpu_nodes, problem
 from latentforge.pipelines.outputs import sweep
+from latentforge.pipelines.progress import reporting, start_progress, timeline
 from latentforge.pipelines.stages import Job, Stage, active
 from latentforge.pipelines.tally import totals
 from latentforge.storage import get_fs, join
@@ -218,6 +219,7 @@ def apply(stage: Stage, ds: Any, job: Job) -> Any:
     """One stage onto a Ray Dataset."""
     if stage.kind == "write":
         sink = stage.op(**stage.args(job))
+        sink.progress = job.state.get("progress")  # rows finished -> progress lines, run.json's timeline
         ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS})
         job.results[stage.name] = sink.result
         if stage.after is not None:
@@ -381,11 +383,15 @@ def write_summary(job: Job, fields: dict[str, Any], module_versions: tuple[str, 
 def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tuple[dict[str, Any], tuple[str, ...]]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start, execute the list, summarise; returns the summary also written to run.json."""
     started_at = datetime.now(timezone.utc).isoformat()
-    job = execute(stages, start(cfg))
+    job = start(cfg)
+    job.state["progress"] = start_progress(job.started)
+    with reporting(job):  # a progress line per interval in job logs; Ray Data's bars on a terminal
+        execute(stages, job)
     if "tally" in job.state and not totals(job.state["tally"])["counts"].get("input_rows"):
         raise ManifestError(f"{cfg.input}: no rows (the input is empty)")
     removed = sweep(cfg.output, cfg.storage_options)  # what a killed earlier run left half-written
     fields, module_versions = summarize(job)
     fields.update(extra or {})
     fields["temporary_files_removed"] = removed
+    fields["timeline"] = timeline(job.state["progress"])  # rows finished per time bin, bounded
     return write_summary(job, fields, module_versions, started_at)

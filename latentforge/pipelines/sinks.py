@@ -3,6 +3,7 @@
 Every sink shares `RowSink`: it turns blocks into plain rows, adds up what the stages reported
 in their `_seconds_<stage>`, `_decoded_frames_<stage>`, `_source_frames_<stage>` and
 `_count_<name>` columns (the last into `counts[name]`),
+tells the run's `progress.Progress` actor (when the runtime set `progress`) how many rows it finished,
 writes failed rows to `errors/` (one shard per task, named by its rows) and counts them by
 kind; a subclass says what a good row becomes (`take`) and what a task writes at its end
 (`flush`). `on_write_complete` runs on the driver and adds the tasks' returns up into `result`.
@@ -16,6 +17,7 @@ from collections import Counter, defaultdict
 from typing import Any, Iterable
 
 import pyarrow as pa
+import ray
 from ray.data import Datasink
 from ray.data.datasource.datasink import WriteResult
 
@@ -48,6 +50,7 @@ class RowSink(Datasink):
     """The shared part of every sink (see the module docstring)."""
 
     name = "rows"
+    progress: Any = None  # the run's Progress actor; runtime.apply sets it (docs/report.md)
 
     def __init__(self, output: str, storage_options: dict[str, Any] | None = None):
         self.output = output
@@ -72,7 +75,9 @@ class RowSink(Datasink):
         seconds: Counter[str] = Counter()
         decoded: Counter[str] = Counter()
         errors: list[dict[str, Any]] = []
+        rows_seen = 0
         for row in block_rows(blocks):
+            rows_seen += 1
             for k, v in row.items():
                 if k.startswith("_seconds_") and v:
                     seconds[k[len("_seconds_") :]] += float(v)
@@ -90,6 +95,11 @@ class RowSink(Datasink):
         extra = self.flush()
         write_error_shard(self.output, errors, self.storage_options)
         seconds[f"write_{self.name}"] += time.perf_counter() - t0
+        if self.progress is not None:  # progress lines and run.json's timeline; in before the task ends
+            try:
+                ray.get(self.progress.add.remote(self.name, rows_seen, len(errors), time.time()), timeout=30)
+            except Exception:  # noqa: BLE001 - progress is best effort, the shards are written
+                pass
         return {"counts": dict(counts), "errors": dict(kinds), "seconds": dict(seconds), "decoded_frames": dict(decoded), **extra}
 
     def on_write_complete(self, write_result: WriteResult) -> None:

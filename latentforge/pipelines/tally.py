@@ -28,7 +28,7 @@ class Tally:
         total: Counter = Counter()
         for counts in self.reports.values():
             total.update(counts)
-        return {"counts": dict(total), "first_started": self.first_started}
+        return {"counts": dict(total), "first_started": self.first_started, "reports": len(self.reports)}
 
 
 def start_tally() -> Any:
@@ -41,7 +41,8 @@ def report(tally: Any, key: Any, counts: dict[str, int], started: float | None =
 
 
 def totals(tally: Any | None) -> dict[str, Any]:
-    """{"counts": {...}, "first_started": epoch seconds or None}; empty when nothing was read."""
+    """{"counts": {...}, "first_started": epoch seconds or None, "reports": read tasks that
+    reported}; empty when nothing was read."""
     if tally is None:
-        return {"counts": {}, "first_started": None}
+        return {"counts": {}, "first_started": None, "reports": 0}
     return ray.get(tally.totals.remote())
