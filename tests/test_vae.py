@@ -226,3 +226,20 @@ def test_dtypes_follow_config_then_the_output_then_the_device():
     made_on_gpu = {"compute": "bfloat16", "storage": "bfloat16"}
     assert video_dtypes("ltx2", None, None, use_gpus=False, recorded=made_on_gpu) == ("bfloat16", "bfloat16")  # resume on CPU
     assert video_dtypes("ltx2", "float32", None, use_gpus=False, recorded=made_on_gpu) == ("float32", "bfloat16")
+
+
+@pytest.mark.parametrize("name", ["tiny-ltx-video", "tiny-ltx2", "tiny-hunyuanvideo"])
+def test_the_framewise_switch_reaches_the_vae(name):
+    """A frame-wise plan must change how the class encodes a clip longer than its 16-frame
+    tiles (the LTX classes read another flag than their name says: vae.py's use_plan)."""
+    preset = get_preset(name)
+    m = preset.spatial_multiple
+    f = 33  # more than 16 frames; F % 8 == 1 and F % 4 == 1
+    batch = _batch([(f, m, m, 3)])
+    latents = {}
+    for mode in ("off", "on"):
+        stage = VideoEncodeStage(name, dtype="float32", device="cpu", framewise=mode)
+        out = stage({k: v.copy() for k, v in batch.items()})
+        latents[mode] = from_columns({k: out[k][0] for k in out}, "latent")
+    assert latents["on"].shape == latents["off"].shape
+    assert not torch.equal(latents["on"], latents["off"])

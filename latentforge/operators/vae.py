@@ -79,6 +79,8 @@ class VideoEncodeStage:
         self.memory_bytes = torch.cuda.get_device_properties(torch.device(self.device)).total_memory if on_gpu else None
         self.weights_bytes = sum(p.numel() * p.element_size() for p in self.vae.parameters())
         self.plans: dict[tuple[int, ...], MemoryPlan] = {}
+        patch = getattr(self.vae.config, "patch_size", None) if self.preset.family == "wan" else None
+        self.tile_scale = int(patch or 1)  # Wan 2.2 tiles after its 2x2 patchify (vae_memory.TILE)
 
     def memory_plan(self, shape: tuple[int, ...]) -> MemoryPlan:
         """The memory switches and micro-batch for frames of `shape` ([F, H, W, 3]), once per shape."""
@@ -86,7 +88,7 @@ class VideoEncodeStage:
             f, h, w = shape[:3]
             self.plans[shape] = plan_memory(
                 self.preset.family, f, h, w, self.compute_name, self.memory_bytes, self.weights_bytes,
-                self.micro_batch, self.tiling, self.framewise,
+                self.micro_batch, self.tiling, self.framewise, self.tile_scale,
             )
         return self.plans[shape]
 
@@ -96,6 +98,10 @@ class VideoEncodeStage:
             self.vae.enable_tiling() if plan.tiling else self.vae.disable_tiling()
         if hasattr(self.vae, "use_framewise_encoding"):
             self.vae.use_framewise_encoding = plan.framewise
+        if self.preset.family in ("ltx-video", "ltx2"):
+            # diffusers' LTX VAEs start frame-wise (temporal tiled) *encoding* on this flag, not on
+            # use_framewise_encoding (diffusers 0.42: AutoencoderKLLTXVideo._encode); we never decode
+            self.vae.use_framewise_decoding = plan.framewise
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,8 +35,12 @@ BYTES_PER_VOXEL: dict[str, float] = {
 # Parameters of the full-size encoders+decoders (the same calibration run), for `plan`'s
 # thresholds; the actor counts its own loaded weights instead.
 PARAMS: dict[str, float] = {"wan": 705e6, "ltx-video": 419e6, "ltx2": 1223e6, "cogvideox": 216e6, "hunyuanvideo": 247e6}
-# A frame's tile edge when tiled (the classes' tile_sample_min_height / width defaults).
-TILE: dict[str, int] = {"wan": 256, "ltx-video": 512, "ltx2": 512, "cogvideox": 240, "hunyuanvideo": 256}
+# A tile's (height, width) in pixels when tiled: the classes' tile_sample_min_height / _width
+# (CogVideoX's are half its 480x720 sample size). Wan 2.2 tiles after its 2x2 patchify, so its
+# tiles cover twice the pixels each way (`tile_scale`, the VAE's patch_size).
+TILE: dict[str, tuple[int, int]] = {
+    "wan": (256, 256), "ltx-video": (512, 512), "ltx2": (512, 512), "cogvideox": (240, 360), "hunyuanvideo": (256, 256),
+}
 FRAMEWISE_FRAMES = 16  # tile_sample_min_num_frames of the LTX and HunyuanVideo VAEs
 USABLE_SHARE = 0.7
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -66,10 +70,10 @@ def has_framewise(family: str) -> bool:
     return family in ("hunyuanvideo", "ltx-video", "ltx2")
 
 
-def clip_bytes(family: str, frames: int, height: int, width: int, dtype: str, tiling: bool, framewise: bool) -> int:
+def clip_bytes(family: str, frames: int, height: int, width: int, dtype: str, tiling: bool, framewise: bool, tile_scale: int = 1) -> int:
     """Estimated peak activation bytes of one clip's encode."""
-    edge = TILE[family]
-    h, w = (min(height, edge), min(width, edge)) if tiling else (height, width)
+    tile_h, tile_w = (edge * tile_scale for edge in TILE[family])
+    h, w = (min(height, tile_h), min(width, tile_w)) if tiling else (height, width)
     per_voxel = BYTES_PER_VOXEL[family] * DTYPE_BYTES[dtype] / 4
     return int(per_voxel * frames_at_once(family, frames, framewise) * h * w)
 
@@ -85,6 +89,7 @@ def plan_memory(
     batch_size: int,
     tiling: str = "auto",
     framewise: str = "auto",
+    tile_scale: int = 1,
 ) -> MemoryPlan:
     """The switches and micro-batch for one bucket on a device with `memory_bytes` (None: the
     CPU, where RAM is not planned for: no switch unless asked, the configured batch size).
@@ -97,11 +102,11 @@ def plan_memory(
     use_framewise = {"on": True, "off": False}.get(framewise, default_framewise) and has_framewise(family)
     use_tiling = tiling == "on"
     if memory_bytes is None:
-        return MemoryPlan(use_tiling, use_framewise, batch_size, clip_bytes(family, frames, height, width, dtype, use_tiling, use_framewise), True)
+        return MemoryPlan(use_tiling, use_framewise, batch_size, clip_bytes(family, frames, height, width, dtype, use_tiling, use_framewise, tile_scale), True)
     budget = max(0, memory_bytes - weights_bytes) * USABLE_SHARE
 
     def need() -> int:
-        return clip_bytes(family, frames, height, width, dtype, use_tiling, use_framewise)
+        return clip_bytes(family, frames, height, width, dtype, use_tiling, use_framewise, tile_scale)
 
     if framewise == "auto" and has_framewise(family) and need() > budget:
         use_framewise = True
