@@ -21,7 +21,7 @@ finally `latentforge run examples/tiny.yaml --set ray.use_gpus=true` runs as a s
 the GPU's busy share is sampled (tiny models: a figure of how well the CPU side feeds a GPU, not
 of full-size throughput). Nothing here asserts. Without CUDA it says so and exits 0.
 
-    python benchmarks/gpu_check.py                            # everything (~10 min on one H100-class GPU)
+    python benchmarks/gpu_check.py                            # everything (its duration on a GPU is not measured yet)
     python benchmarks/gpu_check.py --families wan2.1,ltx2 --skip-text --skip-pipeline
     python benchmarks/gpu_check.py --json gpu_check.json --repeats 5
 """
@@ -32,6 +32,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -264,7 +265,7 @@ def text_check(name: str, repeats: int) -> dict:
         with torch.device(DEVICE):
             model = cls._from_config(cfg, dtype=torch.bfloat16).eval()
         model.requires_grad_(False)
-        base = torch.cuda.memory_allocated()
+        base = torch.cuda.memory_allocated()  # the weights (the VAEs before were freed)
         torch.cuda.reset_peak_memory_stats()
         ids = torch.randint(0, cfg.vocab_size, (PROMPTS, tokens), device=DEVICE)
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -280,7 +281,7 @@ def text_check(name: str, repeats: int) -> dict:
         seconds = time.perf_counter() - t0
         finite = bool(torch.isfinite(out.last_hidden_state).all())
         peak = torch.cuda.max_memory_allocated() - base
-        res.update(weights_bytes=base, measured_peak_bytes=peak, max_reserved_bytes=torch.cuda.max_memory_reserved(),
+        res.update(weights_bytes=sum(p.numel() * p.element_size() for p in model.parameters()), measured_peak_bytes=peak, max_reserved_bytes=torch.cuda.max_memory_reserved(),
                    prompts_per_s=round(repeats * PROMPTS / seconds, 2), finite=finite)
         print(f"{name:<16} {params / 1e9:.2f} B params, {PROMPTS} prompts x {tokens} tokens: peak {peak / GIB:.2f} GiB above "
               f"the weights, {res['prompts_per_s']} prompts/s, finite={finite}", flush=True)
@@ -310,8 +311,17 @@ def pipeline_check(sampler: BusySampler, timeout: int) -> dict:
     except subprocess.TimeoutExpired:
         rc, tail = None, [f"timed out after {timeout} s"]
     res = {"command": " ".join(cmd), "returncode": rc, "wall_s": round(time.perf_counter() - t0, 1), "gpu_busy_share": sampler.stop(),
-           "output": out_dir, "tail": tail}
-    print(f"pipeline (tiny-wan2.1, examples/tiny.yaml, use_gpus): rc {rc}, {res['wall_s']} s, GPU busy share {res['gpu_busy_share']}"
+           "tail": tail}
+    try:  # what the run recorded: whether its actors had GPUs, its phases' and stages' seconds
+        with open(os.path.join(out_dir, "demo", "run.json")) as fh:
+            run = json.load(fh)
+        res.update({k: run.get(k) for k in ("used_gpus", "wall_seconds", "phase_wall_seconds", "stage_seconds")},
+                   latents_written=run.get("counts", {}).get("latents_written"))
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(out_dir, ignore_errors=True)
+    print(f"pipeline (tiny-wan2.1, examples/tiny.yaml, use_gpus): rc {rc}, {res['wall_s']} s, GPU busy share {res['gpu_busy_share']}; "
+          f"run.json: used_gpus {res.get('used_gpus')}, phases {res.get('phase_wall_seconds')}, {res.get('latents_written')} latents"
           + ("" if rc == 0 else f"; last lines: {tail}"), flush=True)
     return res
 
