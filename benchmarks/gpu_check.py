@@ -167,18 +167,26 @@ def build_stage(name: str, batch_size: int):
         models.load_vae = real
 
 
-def vae_check(name: str, bucket: tuple[int, int, int], repeats: int, batch_size: int, sampler: BusySampler) -> dict:
+def vae_check(name: str, bucket: tuple[int, int, int], repeats: int, batch_size: int, sampler: BusySampler,
+              memory_gib: float | None = None) -> dict:
+    from latentforge.operators.vae_memory import USABLE_SHARE
     from latentforge.rows import object_column
 
     rng = np.random.default_rng(0)
     stage = build_stage(name, batch_size)
+    if memory_gib:  # plan as the actor would on a GPU of this size
+        stage.memory_bytes = int(memory_gib * GIB)
     w, h, f = bucket
     plan = stage.memory_plan((f, h, w, 3))
+    memory = stage.memory_bytes or 0  # None only off a GPU (the CPU smoke test of this script)
+    budget = int(max(0, memory - stage.weights_bytes) * USABLE_SHARE)
     res = {"bucket": f"{w}x{h}x{f}", "compute_dtype": stage.compute_name, "weights_bytes": stage.weights_bytes,
+           "planned_for_memory_bytes": stage.memory_bytes, "budget_bytes": budget,
            "plan": asdict(plan), "estimated_call_bytes": plan.clip_bytes * plan.micro_batch}
     print(f"{name:<13} {w}x{h}x{f} {stage.compute_name}: weights {stage.weights_bytes / GIB:.2f} GiB; plan tiling={plan.tiling} "
           f"framewise={plan.framewise} micro_batch={plan.micro_batch} fits={plan.fits}; estimated "
-          f"{plan.clip_bytes / GIB:.2f} GiB a clip, {res['estimated_call_bytes'] / GIB:.2f} GiB a call", flush=True)
+          f"{plan.clip_bytes / GIB:.2f} GiB a clip, {res['estimated_call_bytes'] / GIB:.2f} GiB a call; budget {budget / GIB:.1f} GiB "
+          f"of {memory / GIB:.0f} GiB", flush=True)
     try:
         frames = random_frames(rng, plan.micro_batch, bucket)
         base = torch.cuda.memory_allocated()
@@ -199,15 +207,16 @@ def vae_check(name: str, bucket: tuple[int, int, int], repeats: int, batch_size:
         peak, reserved = torch.cuda.max_memory_allocated() - base, torch.cuda.max_memory_reserved()
         res.update(measured_peak_bytes=peak, max_reserved_bytes=reserved, peak_over_estimate=round(peak / max(res["estimated_call_bytes"], 1), 3),
                    clips_per_s=round(repeats * plan.micro_batch / seconds, 3), gpu_busy_share=busy, actor_errors=errors[:3],
-                   plan_after=asdict(stage.plans[(f, h, w, 3)]))
-        print(f"{'':<13} measured peak {peak / GIB:.2f} GiB above the weights ({res['peak_over_estimate']}x the estimate), "
+                   plan_after=asdict(stage.plans[(f, h, w, 3)]), peak_within_budget=peak <= budget)
+        print(f"{'':<13} measured peak {peak / GIB:.2f} GiB above the weights ({res['peak_over_estimate']}x the estimate, "
+              f"{'within' if peak <= budget else 'ABOVE'} the budget), "
               f"reserved {reserved / GIB:.2f} GiB; {res['clips_per_s']} clips/s; GPU busy {busy}"
               + (f"; actor errors: {errors[:1]}" if errors else ""), flush=True)
     except torch.cuda.OutOfMemoryError as e:
         sampler.stop()
         res["oom"] = str(e).splitlines()[0][:300]
-        print(f"{'':<13} OUT OF MEMORY with the plan above: the estimate is too low for {name} "
-              f"(raise BYTES_PER_VOXEL['{stage.preset.family}']): {res['oom']}", flush=True)
+        print(f"{'':<13} OUT OF MEMORY with the plan above: the estimate is too low for {name} (raise "
+              f"BYTES_PER_VOXEL['{stage.preset.family}']), or a switch it relies on did nothing (see the next line): {res['oom']}", flush=True)
     frames = batch = out = None
     free_gpu()
     res["switch_effects"] = switch_effects(stage, rng)
@@ -332,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bucket", action="append", default=[], metavar="PRESET=WxHxF", help="another bucket for a preset (repeatable)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per model after one warm-up (default 3)")
     ap.add_argument("--batch-size", type=int, default=4, help="encode_video.batch_size: the micro-batch's ceiling (default 4)")
+    ap.add_argument("--memory-gib", type=float, help="plan as if the GPU had this much memory (e.g. 24 or 80): the rule's "
+                    "switches on a larger GPU; the measured peak then says whether the plan fits that budget")
     ap.add_argument("--skip-text", action="store_true", help="no text encoders")
     ap.add_argument("--skip-pipeline", action="store_true", help="no tiny pipeline run")
     ap.add_argument("--pipeline-timeout", type=int, default=600)
@@ -362,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         print("GPU busy share unavailable: neither pynvml (torch.cuda.utilization) nor nvidia-smi works", flush=True)
     for name in families:
         try:
-            summary["vae"][name] = vae_check(name, buckets[name], args.repeats, args.batch_size, sampler)
+            summary["vae"][name] = vae_check(name, buckets[name], args.repeats, args.batch_size, sampler, args.memory_gib)
         except torch.cuda.OutOfMemoryError as e:  # building the weights, or the tiled-vs-untiled pair
             summary["vae"][name] = {"oom": str(e).splitlines()[0][:300]}
             print(f"{name:<13} OUT OF MEMORY outside the timed encode: {summary['vae'][name]['oom']}", flush=True)
