@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -338,7 +339,7 @@ def pipeline_check(sampler: BusySampler, timeout: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--families", default=",".join(BUCKETS), help=f"presets to check (default: {','.join(BUCKETS)})")
-    ap.add_argument("--bucket", action="append", default=[], metavar="PRESET=WxHxF", help="another bucket for a preset (repeatable)")
+    ap.add_argument("--bucket", action="append", default=[], metavar="PRESET=WxHxF", help="replace a preset's bucket (repeatable)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per model after one warm-up (default 3)")
     ap.add_argument("--batch-size", type=int, default=4, help="encode_video.batch_size: the micro-batch's ceiling (default 4)")
     ap.add_argument("--memory-gib", type=float, help="plan as if the GPU had this much memory (e.g. 24 or 80): the rule's "
@@ -358,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         preset, _, size = item.partition("=")
         try:
             w, h, f = (int(v) for v in size.lower().split("x"))
-        except ValueError:
+            assert preset in BUCKETS
+        except (ValueError, AssertionError):
             ap.error(f"--bucket {item!r}: expected PRESET=WxHxF, e.g. hunyuanvideo=1280x720x129")
         buckets[preset] = (w, h, f)
     if not torch.cuda.is_available():
@@ -371,22 +373,37 @@ def main(argv: list[str] | None = None) -> int:
     sampler = BusySampler()
     if sampler.read is None:
         print("GPU busy share unavailable: neither pynvml (torch.cuda.utilization) nor nvidia-smi works", flush=True)
-    for name in families:
+    def save() -> None:  # after every model, so a later failure keeps what was measured
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(summary, fh, indent=2, default=str)
+
+    def guarded(section: str, name: str, check, *a) -> None:
         try:
-            summary["vae"][name] = vae_check(name, buckets[name], args.repeats, args.batch_size, sampler, args.memory_gib)
-        except torch.cuda.OutOfMemoryError as e:  # building the weights, or the tiled-vs-untiled pair
-            summary["vae"][name] = {"oom": str(e).splitlines()[0][:300]}
-            print(f"{name:<13} OUT OF MEMORY outside the timed encode: {summary['vae'][name]['oom']}", flush=True)
+            summary[section][name] = check(name, *a)
+        except torch.cuda.OutOfMemoryError as e:  # building the weights, or outside the timed calls
+            summary[section][name] = {"oom": str(e).splitlines()[0][:300]}
+            print(f"{name:<13} OUT OF MEMORY outside the timed calls: {summary[section][name]['oom']}", flush=True)
+        except Exception as e:  # noqa: BLE001 - one model's failure is a finding; the others still run
+            summary[section][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            traceback.print_exc()
         free_gpu()
+        save()
+
+    for name in families:
+        guarded("vae", name, vae_check, buckets[name], args.repeats, args.batch_size, sampler, args.memory_gib)
     if not args.skip_text:
         for name, spec in TEXT_ENCODERS.items():
             if any(p in families for p in spec[4]):
-                summary["text"][name] = text_check(name, args.repeats)
+                guarded("text", name, text_check, args.repeats)
     if not args.skip_pipeline:
-        summary["pipeline"] = pipeline_check(sampler, args.pipeline_timeout)
+        try:
+            summary["pipeline"] = pipeline_check(sampler, args.pipeline_timeout)
+        except Exception as e:  # noqa: BLE001 - reported like a model's failure
+            summary["pipeline"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            traceback.print_exc()
+        save()
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2, default=str)
         print(f"wrote {args.json}")
     return 0
 
