@@ -157,7 +157,7 @@ def build_stage(name: str, batch_size: int):
         torch.manual_seed(0)
         with torch.device(device):
             vae = getattr(diffusers, cls_name)(**(config or {}))
-        vae = vae.to(dtype).eval()
+        vae = vae.to(device=device, dtype=dtype).eval()  # device too: any buffer made on the CPU explicitly
         vae.requires_grad_(False)
         return vae
 
@@ -273,7 +273,8 @@ def text_check(name: str, repeats: int) -> dict:
     torch.manual_seed(0)
     try:
         with torch.device(DEVICE):
-            model = cls._from_config(cfg, dtype=torch.bfloat16).eval()
+            model = cls._from_config(cfg, dtype=torch.bfloat16)
+        model = model.to(DEVICE).eval()
         model.requires_grad_(False)
         base = torch.cuda.memory_allocated()  # the weights (the VAEs before were freed)
         torch.cuda.reset_peak_memory_stats()
