@@ -209,18 +209,12 @@ def passes(stages: list[Stage]) -> list[list[Stage]]:
     return out
 
 
-WRITE_TASK_CPUS = 0.25
-"""CPUs a write task asks for. Writing a shard is mostly waiting on storage; with Ray Data's
-default of one CPU, write tasks queue behind the upstream stages until those drain, and the
-queued blocks' bookkeeping grows on the driver with the manifest's length (docs/scale.md)."""
-
-
 def apply(stage: Stage, ds: Any, job: Job) -> Any:
     """One stage onto a Ray Dataset."""
     if stage.kind == "write":
         sink = stage.op(**stage.args(job))
         sink.progress = job.state.get("progress")  # rows finished -> progress lines, run.json's timeline
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS})
+        ds.write_datasink(sink)
         job.results[stage.name] = sink.result
         if stage.after is not None:
             stage.after(job)
