@@ -66,3 +66,23 @@ def s3_endpoint():
             yield f"http://127.0.0.1:{server._server.server_port}"
         finally:
             server.stop()
+
+
+def run_scenario(script: str, workdir: Path, timeout_s: float) -> dict:
+    """Run a test file's `__main__` scenario (a Ray cluster of its own: `ray.cluster_utils.Cluster`)
+    in a subprocess, never beside the session's local Ray, and return the result.json it wrote
+    into `workdir`. Token auth is off for the throwaway loopback cluster and its driver."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        proc = subprocess.run([sys.executable, script, str(workdir)], env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"scenario ran over {timeout_s}s\n{(e.stderr or b'')[-4000:]!r}")
+    result_file = workdir / "result.json"
+    if proc.returncode != 0 or not result_file.exists():
+        pytest.fail(f"scenario failed (rc {proc.returncode})\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return json.loads(result_file.read_text())

@@ -6,13 +6,12 @@ function; the scenario runs `plan` and `run` on a `ray.cluster_utils.Cluster` wi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_scenario
 
 from latentforge.pipelines.gpu_fit import PoolNeed, problem, unplaced
 
@@ -40,16 +39,7 @@ def test_the_message_says_what_to_change():
 
 @pytest.mark.ray
 def test_plan_and_run_report_pools_that_cannot_start_together(tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    try:
-        proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"scenario ran over {SCENARIO_TIMEOUT_S}s\n{(e.stderr or b'')[-4000:]!r}")
-    result_file = tmp_path / "result.json"
-    if proc.returncode != 0 or not result_file.exists():
-        pytest.fail(f"scenario failed (rc {proc.returncode})\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}")
-    result = json.loads(result_file.read_text())
+    result = run_scenario(__file__, tmp_path, SCENARIO_TIMEOUT_S)
     one, two = result["one_gpu_node"], result["two_gpu_nodes"]
     assert len(one["plan_problems"]) == 1 and "caption.num_gpus=0.5 and encode_video.num_gpus=0.5" in one["plan_problems"][0]
     assert "cannot hold them" in one["run_error"] and one["run_seconds"] < 30  # refused, not left waiting 30 minutes

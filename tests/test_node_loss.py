@@ -12,14 +12,13 @@ Ray; `Cluster.shutdown` stops only the processes it started.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_scenario
 
 pytestmark = pytest.mark.ray
 
@@ -33,16 +32,7 @@ def test_a_lost_worker_node_loses_no_row(tmp_path, ray_local, tiny_home):
     from latentforge.pipelines import run
 
     manifest = _dataset(tmp_path / "media")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    try:
-        proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"scenario ran over {SCENARIO_TIMEOUT_S}s\n{(e.stderr or b'')[-4000:]!r}")
-    result_file = tmp_path / "result.json"
-    if proc.returncode != 0 or not result_file.exists():
-        pytest.fail(f"scenario failed (rc {proc.returncode})\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}")
-    result = json.loads(result_file.read_text())
+    result = run_scenario(__file__, tmp_path, SCENARIO_TIMEOUT_S)
     print(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=1))
     assert result["removed_node"], "no worker node was removed while the run worked"
     assert result["latents_when_removed"] < CLIPS, "the node went after the work was done"
