@@ -243,3 +243,34 @@ def test_the_framewise_switch_reaches_the_vae(name):
         latents[mode] = from_columns({k: out[k][0] for k in out}, "latent")
     assert latents["on"].shape == latents["off"].shape
     assert not torch.equal(latents["on"], latents["off"])
+
+
+def test_a_vae_call_that_never_returns_fails_its_rows_then_restarts_the_actor(monkeypatch):
+    """A hung GPU call (test double: it waits on an event) makes its rows error rows within the
+    limit; the actor's next batch ends the process (Ray restarts the actor and retries that
+    batch) instead of computing beside a thread stuck in the model (issue 11)."""
+    import threading
+
+    from latentforge.operators import vae as vae_module
+
+    stage = VideoEncodeStage("tiny-wan2.1", dtype="float32", device="cpu", micro_batch=1, call_time_limit_s=0.5)
+    real, release = stage.encode, threading.Event()
+
+    def hangs_on_marked(stack):
+        if (stack[:, 0, 0, 0, 0] == 204).any():
+            release.wait(60)
+        return real(stack)
+
+    monkeypatch.setattr(stage, "encode", hangs_on_marked)
+    batch = _batch([(5, 32, 32, 3)] * 2)
+    batch["frames"][0][0, 0, 0, 0] = 0
+    batch["frames"][1][0, 0, 0, 0] = 204
+    out = stage(batch)
+    release.set()
+    assert out["error"][0] is None and out["latent_bytes"][0] is not None
+    assert out["error_stage"][1] == "encode_video" and "did not return" in out["error"][1] and "call_time_limit_s" in out["error"][1]
+    exits = []
+    monkeypatch.setattr(vae_module.os, "_exit", lambda code: exits.append(code) or (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit):
+        stage(_batch([(5, 32, 32, 3)]))
+    assert exits == [vae_module.STUCK_EXIT_CODE]

@@ -6,6 +6,7 @@ only same-bucket clips share a VAE call, and frames leave the row once encoded.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -17,11 +18,13 @@ import torch
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, set_cpu_threads
 from latentforge.operators.base import Resources
+from latentforge.operators.time_limit import SampleTimeout, within
 from latentforge.operators.vae_memory import MemoryPlan, plan_memory
 from latentforge.rows import has_value, object_column
 
 RESOURCES = Resources(num_cpus=1, num_gpus=1)
 STAGE = "encode_video"
+STUCK_EXIT_CODE = 75  # a model call hung: the actor process ends so Ray starts a fresh one
 
 
 def frames_to_input(
@@ -56,6 +59,7 @@ class VideoEncodeStage:
         micro_batch: int = 4,
         cpu_actors_per_node: int | None = None,
         compute_dtype: str | None = None,
+        call_time_limit_s: float | None = None,
         tiling: str = "auto",
         framewise: str = "auto",
     ):
@@ -76,6 +80,7 @@ class VideoEncodeStage:
         self.store_logvar = store_logvar
         self.micro_batch = micro_batch
         self.tiling, self.framewise = tiling, framewise
+        self.call_time_limit_s, self.stuck = call_time_limit_s, False
         self.memory_bytes = torch.cuda.get_device_properties(torch.device(self.device)).total_memory if on_gpu else None
         self.weights_bytes = sum(p.numel() * p.element_size() for p in self.vae.parameters())
         self.plans: dict[tuple[int, ...], MemoryPlan] = {}
@@ -116,9 +121,13 @@ class VideoEncodeStage:
         A failing call is split until the row at fault is found, so one bad sample never costs
         the others their latents; a row that runs out of memory alone is tried once more with
         the VAE's tiling switched on, where the class has it. A latent with NaN or inf is an
-        error, never stored."""
+        error, never stored. A call that does not return within `call_time_limit_s` makes its
+        rows errors and the actor's next batch restarts it (`__call__`)."""
         try:
-            mean, logvar = self.encode(np.stack([frames_col[i] for i in rows]))
+            mean, logvar = within(self.call_time_limit_s, self.encode, np.stack([frames_col[i] for i in rows]))
+        except SampleTimeout as e:  # a hung call is not split: each half would hang again
+            self.stuck = True
+            return dict.fromkeys(rows, TimeoutError(f"the VAE call did not return ({e}; encode_video.call_time_limit_s)"))
         except Exception as e:  # noqa: BLE001 - isolated below; one bad row never kills the batch
             if len(rows) > 1:
                 half = len(rows) // 2
@@ -136,6 +145,11 @@ class VideoEncodeStage:
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.stuck:
+            # A model call that never returned still holds this process's GPU and model, and no
+            # thread can be stopped inside CUDA: the process ends, Ray restarts the actor and
+            # retries this batch on the new one (its rows are not lost).
+            os._exit(STUCK_EXIT_CODE)
         t0 = time.perf_counter()
         n = len(batch["sample_id"])
         frames_col = batch.pop("frames")

@@ -79,6 +79,7 @@ def _vae_args(job: Job) -> dict[str, Any]:
         "framewise": cfg.framewise,
         "store_logvar": cfg.store_logvar,
         "micro_batch": cfg.batch_size,
+        "call_time_limit_s": cfg.call_time_limit_s,
     }
 
 
