@@ -238,3 +238,22 @@ def test_float16_is_refused_for_encoders_that_overflow_in_it(model):
         load_config(None, ["encode_text.dtype=float16"], **settings)
     assert load_config(None, ["encode_text.dtype=float16", "encode_text.enabled=false"], **settings)
     assert load_config(None, ["encode_text.dtype=float16"], input="in", output="out", model="hunyuanvideo").encode_text.dtype == "float16"
+
+
+def test_a_text_encoder_call_that_never_returns_fails_its_rows_then_restarts_the_actor(tiny_home, monkeypatch):
+    import threading
+
+    from latentforge.operators import time_limit
+
+    stage = TextEncodeStage("tiny", device="cpu", batch_size=1, call_time_limit_s=0.5)
+    real, release = stage._encode, threading.Event()
+    monkeypatch.setattr(stage, "_encode", lambda texts: (release.wait(60) if "Hangs." in texts else None, real(texts))[1])
+    out = stage({"caption_id": np.array(["a", "b", "c"], dtype=object), "caption": np.array(["Fine.", "Hangs.", "After."], dtype=object)})
+    release.set()
+    assert out["error"][0] is None and out["embedding_bytes"][0] is not None
+    assert "did not return" in out["error"][1] and "did not return" in out["error"][2]  # nothing after the hung call
+    exits = []
+    monkeypatch.setattr(time_limit.os, "_exit", lambda code: exits.append(code) or (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit):
+        stage({"caption_id": np.array(["d"], dtype=object), "caption": np.array(["Next."], dtype=object)})
+    assert exits == [time_limit.STUCK_EXIT_CODE]

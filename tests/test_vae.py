@@ -251,7 +251,7 @@ def test_a_vae_call_that_never_returns_fails_its_rows_then_restarts_the_actor(mo
     batch) instead of computing beside a thread stuck in the model (issue 11)."""
     import threading
 
-    from latentforge.operators import vae as vae_module
+    from latentforge.operators import time_limit
 
     stage = VideoEncodeStage("tiny-wan2.1", dtype="float32", device="cpu", micro_batch=1, call_time_limit_s=0.5)
     real, release = stage.encode, threading.Event()
@@ -270,7 +270,7 @@ def test_a_vae_call_that_never_returns_fails_its_rows_then_restarts_the_actor(mo
     assert out["error"][0] is None and out["latent_bytes"][0] is not None
     assert out["error_stage"][1] == "encode_video" and "did not return" in out["error"][1] and "call_time_limit_s" in out["error"][1]
     exits = []
-    monkeypatch.setattr(vae_module.os, "_exit", lambda code: exits.append(code) or (_ for _ in ()).throw(SystemExit(code)))
+    monkeypatch.setattr(time_limit.os, "_exit", lambda code: exits.append(code) or (_ for _ in ()).throw(SystemExit(code)))
     with pytest.raises(SystemExit):
         stage(_batch([(5, 32, 32, 3)]))
-    assert exits == [vae_module.STUCK_EXIT_CODE]
+    assert exits == [time_limit.STUCK_EXIT_CODE]

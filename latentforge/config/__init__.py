@@ -68,6 +68,7 @@ class EncodeTextConfig(ActorPool):
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="bitsandbytes weights for large encoders (Gemma 3 12B on 24 GB cards); CUDA only; changes embeddings slightly"
     )
+    call_time_limit_s: float = Field(1800.0, gt=0, description="a text encoder call that has not returned after this long makes its rows errors; the actor restarts")
     trigger_word: Optional[str] = Field(None, description="LoRA trigger word prepended to every caption")
     strip_openers: bool = Field(True, description="remove 'The video shows'-style openers")
     batch_size: int = Field(16, ge=1)

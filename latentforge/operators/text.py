@@ -41,6 +41,7 @@ import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, default_dtype, set_cpu_threads
+from latentforge.operators.time_limit import SampleTimeout, end_stuck_process, within
 from latentforge.operators.base import Resources
 from latentforge.rows import has_value, object_column
 
@@ -199,6 +200,7 @@ class TextEncodeStage:
         cpu_actors_per_node: int | None = None,
         ltx2_stacked_hidden_states: bool = False,
         quantization: str = "none",
+        call_time_limit_s: float | None = None,
     ):
         """`cpu_actors_per_node`: on the CPU, torch gets the node's CPUs divided by this as
         threads (the pipeline passes it on CPU-only runs); None keeps torch's thread count.
@@ -219,6 +221,7 @@ class TextEncodeStage:
         self.pipe = load_text_pipeline(self.preset, device=self.device, dtype=self.dtype, connectors=not self.stacked, quantization_bits=bits)
         self.extra_columns = extra_columns(self.pipe, self.preset, self.stacked)
         self.encoder_name = text_encoder_name(self.preset, self.stacked)
+        self.call_time_limit_s, self.stuck = call_time_limit_s, False
 
     def _encode(self, texts: list[str]) -> list[tuple[torch.Tensor, int, dict[str, torch.Tensor]]]:
         return encode_captions(self.pipe, self.preset, texts, self.device, self.dtype, self.stacked)
@@ -229,7 +232,12 @@ class TextEncodeStage:
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start : start + self.batch_size]
             try:
-                results.update(zip(chunk, self._encode(chunk)))
+                results.update(zip(chunk, within(self.call_time_limit_s, self._encode, chunk)))
+            except SampleTimeout as e:  # the model is held by the hung call: nothing more here
+                self.stuck = True
+                hung = TimeoutError(f"the text encoder call did not return ({e}; encode_text.call_time_limit_s)")
+                results.update(dict.fromkeys(texts[start:], hung))
+                break
             except Exception:
                 # Find the caption(s) at fault; the others still get their embedding.
                 for text in chunk:
@@ -240,6 +248,8 @@ class TextEncodeStage:
         return results
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.stuck:
+            end_stuck_process()  # a call hung in the model: a fresh actor takes this batch
         t0 = time.perf_counter()
         captions = batch["caption"]
         n = len(captions)

@@ -13,6 +13,7 @@ source frame read (docs/outputs.md, "Time limits").
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Callable, TypeVar
 
@@ -59,3 +60,14 @@ def within(seconds: float | None, fn: Callable[..., T], *args: Any, **kwargs: An
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+STUCK_EXIT_CODE = 75  # a model call hung: the actor's process ends so Ray starts a fresh one
+
+
+def end_stuck_process() -> None:
+    """For a model actor whose call never returned: that thread still holds the process's GPU
+    and model and nothing can stop it inside CUDA, so the process ends; Ray restarts the actor
+    and retries the batch it was given on the new one (its rows are not lost)."""
+    log.error("latentforge: a model call of this actor never returned; ending the process so Ray restarts the actor")
+    os._exit(STUCK_EXIT_CODE)

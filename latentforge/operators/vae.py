@@ -6,7 +6,6 @@ only same-bucket clips share a VAE call, and frames leave the row once encoded.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -18,13 +17,12 @@ import torch
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, set_cpu_threads
 from latentforge.operators.base import Resources
-from latentforge.operators.time_limit import SampleTimeout, within
+from latentforge.operators.time_limit import SampleTimeout, end_stuck_process, within
 from latentforge.operators.vae_memory import MemoryPlan, plan_memory
 from latentforge.rows import has_value, object_column
 
 RESOURCES = Resources(num_cpus=1, num_gpus=1)
 STAGE = "encode_video"
-STUCK_EXIT_CODE = 75  # a model call hung: the actor process ends so Ray starts a fresh one
 
 
 def frames_to_input(
@@ -146,10 +144,7 @@ class VideoEncodeStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.stuck:
-            # A model call that never returned still holds this process's GPU and model, and no
-            # thread can be stopped inside CUDA: the process ends, Ray restarts the actor and
-            # retries this batch on the new one (its rows are not lost).
-            os._exit(STUCK_EXIT_CODE)
+            end_stuck_process()  # a call hung in the model: a fresh actor takes this batch
         t0 = time.perf_counter()
         n = len(batch["sample_id"])
         frames_col = batch.pop("frames")

@@ -285,6 +285,7 @@ TEXT = [
             "batch_size": job.cfg.encode_text.batch_size,
             "ltx2_stacked_hidden_states": job.cfg.encode_text.ltx2_stacked_hidden_states,
             "quantization": job.cfg.encode_text.quantization,
+            "call_time_limit_s": job.cfg.encode_text.call_time_limit_s,
         },
     ),
     Stage(
