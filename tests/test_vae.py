@@ -274,3 +274,23 @@ def test_a_vae_call_that_never_returns_fails_its_rows_then_restarts_the_actor(mo
     with pytest.raises(SystemExit):
         stage(_batch([(5, 32, 32, 3)]))
     assert exits == [time_limit.STUCK_EXIT_CODE]
+
+
+def test_first_frame_latent_is_the_wan_i2v_condition():
+    """encode_video.first_frame_latent: the stored condition equals the VAE's mean of the first
+    frame followed by zeros in [-1, 1], as diffusers' WanImageToVideoPipeline builds it."""
+    batch = _batch([(9, 32, 48, 3), (9, 32, 48, 3)])
+    frames = [f.copy() for f in batch["frames"]]
+    stage = VideoEncodeStage("tiny-wan2.1", dtype="float32", device="cpu", first_frame_latent=True)
+    out = stage(batch)
+    vae = load_vae(get_preset("tiny-wan2.1"))
+    for i, f in enumerate(frames):
+        image = frames_to_input(f[None, :1])  # [1, 3, 1, H, W]
+        condition = torch.cat([image, torch.zeros(1, 3, 8, 32, 48)], dim=2)
+        with torch.no_grad():
+            expected = vae.encode(condition).latent_dist.mean[0]
+        stored = from_columns({k: out[k][i] for k in out}, "first_frame_latent")
+        torch.testing.assert_close(stored, expected)
+        assert stored.shape == from_columns({k: out[k][i] for k in out}, "latent").shape
+    plain = VideoEncodeStage("tiny-wan2.1", dtype="float32", device="cpu")(_batch([(9, 32, 48, 3)]))
+    assert "first_frame_latent_bytes" not in plain

@@ -47,6 +47,7 @@ class EncodeVideoConfig(ActorPool):
     tiling: Literal["auto", "on", "off"] = Field("auto", description="spatial tiling; auto: on for buckets that do not fit the GPU without it (docs/models.md)")
     framewise: Literal["auto", "on", "off"] = Field("auto", description="frame-wise encoding (LTX, HunyuanVideo VAEs); auto: on where needed to fit")
     store_logvar: bool = False
+    first_frame_latent: bool = Field(False, description="I2V: also store the latent of the first frame followed by zeros (Wan I2V's condition)")
     call_time_limit_s: float = Field(
         1800.0, gt=0, description="a VAE call that has not returned after this long (a hung GPU) makes its rows errors; the actor restarts"
     )

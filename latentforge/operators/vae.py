@@ -58,6 +58,7 @@ class VideoEncodeStage:
         cpu_actors_per_node: int | None = None,
         compute_dtype: str | None = None,
         call_time_limit_s: float | None = None,
+        first_frame_latent: bool = False,
         tiling: str = "auto",
         framewise: str = "auto",
     ):
@@ -79,6 +80,8 @@ class VideoEncodeStage:
         self.micro_batch = micro_batch
         self.tiling, self.framewise = tiling, framewise
         self.call_time_limit_s, self.stuck = call_time_limit_s, False
+        self.first_frame_latent = first_frame_latent  # the I2V condition (encode_first_frame)
+        self.stored = ["latent"] + (["logvar"] if store_logvar else []) + (["first_frame_latent"] if first_frame_latent else [])
         self.memory_bytes = torch.cuda.get_device_properties(torch.device(self.device)).total_memory if on_gpu else None
         self.weights_bytes = sum(p.numel() * p.element_size() for p in self.vae.parameters())
         self.plans: dict[tuple[int, ...], MemoryPlan] = {}
@@ -113,6 +116,16 @@ class VideoEncodeStage:
         dist = self.vae.encode(x).latent_dist
         return dist.mean, dist.logvar
 
+    @torch.no_grad()
+    def encode_first_frame(self, frames: np.ndarray) -> torch.Tensor:
+        """I2V condition of same-shape clips [B, F, H, W, 3]: the first frame followed by F - 1
+        zero frames (0 in the VAE's [-1, 1] input: mid-grey) through the VAE, its latent mean,
+        [B, C, f, h, w]. The diffusers Wan image-to-video pipeline builds its condition so
+        (`video_condition`, encoded with sample_mode="argmax", the mean)."""
+        x = frames_to_input(frames[:, :1], self.device, self.dtype)
+        condition = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], frames.shape[1] - 1, *x.shape[3:])], dim=2)
+        return self.vae.encode(condition).latent_dist.mean
+
     def encode_rows(self, frames_col: Any, rows: list[int]) -> dict[int, Any]:
         """Row -> (mean, logvar) for same-shape `rows`, or the exception that row alone raised.
 
@@ -122,7 +135,9 @@ class VideoEncodeStage:
         error, never stored. A call that does not return within `call_time_limit_s` makes its
         rows errors and the actor's next batch restarts it (`__call__`)."""
         try:
-            mean, logvar = within(self.call_time_limit_s, self.encode, np.stack([frames_col[i] for i in rows]))
+            stack = np.stack([frames_col[i] for i in rows])
+            mean, logvar = within(self.call_time_limit_s, self.encode, stack)
+            first = within(self.call_time_limit_s, self.encode_first_frame, stack) if self.first_frame_latent else None
         except SampleTimeout as e:  # a hung call is not split: each half would hang again
             self.stuck = True
             return dict.fromkeys(rows, TimeoutError(f"the VAE call did not return ({e}; encode_video.call_time_limit_s)"))
@@ -138,8 +153,9 @@ class VideoEncodeStage:
             return {rows[0]: e}
         out: dict[int, Any] = {}
         for j, i in enumerate(rows):
-            finite = bool(torch.isfinite(mean[j]).all()) and (not self.store_logvar or bool(torch.isfinite(logvar[j]).all()))
-            out[i] = (mean[j], logvar[j]) if finite else FloatingPointError("the latent has NaN or inf values")
+            tensors = {"latent": mean[j], "logvar": logvar[j], **({"first_frame_latent": first[j]} if first is not None else {})}
+            finite = all(bool(torch.isfinite(tensors[name]).all()) for name in self.stored)
+            out[i] = tensors if finite else FloatingPointError("the latent has NaN or inf values")
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,7 +165,7 @@ class VideoEncodeStage:
         n = len(batch["sample_id"])
         frames_col = batch.pop("frames")
         errors = batch.get("error")
-        names = ["latent"] + (["logvar"] if self.store_logvar else [])
+        names = self.stored
         results: dict[str, list[Any]] = {
             f"{name}_{part}": [None] * n for name in names for part in ("bytes", "shape", "dtype")
         }
@@ -167,9 +183,8 @@ class VideoEncodeStage:
                     if isinstance(result, BaseException):
                         failed[i] = f"vae encode failed ({type(result).__name__}: {str(result).strip()[:300]})"
                         continue
-                    tensors = {"latent": result[0], "logvar": result[1]}
                     for name in names:
-                        for key, value in to_columns(name, tensors[name], self.dtype_name).items():
+                        for key, value in to_columns(name, result[name], self.dtype_name).items():
                             results[key][i] = value
         out = dict(batch)
         for key, values in results.items():

@@ -38,6 +38,7 @@ def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[st
             "encode_video.tiling": cfg.encode_video.tiling,
             "encode_video.framewise": cfg.encode_video.framewise,
             "encode_video.store_logvar": cfg.encode_video.store_logvar,
+            "encode_video.first_frame_latent": cfg.encode_video.first_frame_latent,
         })
         if cfg.encode_text.enabled:
             options.update({

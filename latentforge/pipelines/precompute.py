@@ -80,6 +80,7 @@ def _vae_args(job: Job) -> dict[str, Any]:
         "store_logvar": cfg.store_logvar,
         "micro_batch": cfg.batch_size,
         "call_time_limit_s": cfg.call_time_limit_s,
+        "first_frame_latent": cfg.first_frame_latent,
     }
 
 
