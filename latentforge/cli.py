@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. --set storage_options.endpoint_url=http://... or --set ray.num_cpus=4 (repeatable)",
     )
     export.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    decode = sub.add_parser(
+        "decode",
+        help="decode a few stored latents per bucket back to mp4/png previews",
+        description="VAE-decode stored latents of OUTPUT (the first samples of each bucket) into "
+        "OUTPUT/previews/<bucket>/<sample_id>.mp4 (png for images), with the VAE the output was made "
+        "with, so you can see exactly what will be trained on. Runs in this process (a GPU when visible).",
+    )
+    decode.add_argument("output", help="a latentforge output folder or bucket prefix")
+    decode.add_argument("--samples", type=int, default=2, metavar="N", help="samples per bucket (default 2)")
+    decode.add_argument("--bucket", metavar="WxHxF", help="only this bucket")
+    decode.add_argument("--to", help="folder for the previews (default OUTPUT/previews)")
+    decode.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set storage_options.endpoint_url=http://... (repeatable)")
     verify = sub.add_parser(
         "verify",
         help="check an output: every sample once, every shard whole, every caption embedded",
@@ -267,6 +279,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decode(args: argparse.Namespace) -> int:
+    from latentforge.config import ConfigError, apply_overrides
+    from latentforge.pipelines.decode import decode_output
+
+    storage_options = apply_overrides({}, list(args.overrides)).get("storage_options") or {}
+    try:
+        written = decode_output(args.output, max(1, args.samples), args.bucket, args.to, storage_options)
+    except ConfigError as e:
+        print(f"latentforge: {redact_credentials(str(e))}", file=sys.stderr)
+        return 2
+    print("\n".join(written))
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from latentforge.pipelines import verify_output
 
@@ -313,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "decode":
+        return _decode(args)
     if args.command == "inspect":
         return _inspect(args)
     if args.command == "cluster":
