@@ -169,7 +169,7 @@ def test_config_errors_raised_while_running_exit_2(tmp_path, capsys, monkeypatch
     """A ConfigError found by a stage at run time (e.g. a cluster without GPUs) is a message."""
     from latentforge import pipelines
 
-    def run(cfg, overwrite=False):
+    def run(cfg, overwrite=False, make_report=True):
         raise ConfigError("caption.use_8bit: bitsandbytes quantization needs CUDA GPUs and this run uses none")
 
     def plan(cfg, use_gpus=None):

@@ -201,7 +201,7 @@ def test_partition_name_and_stage_args_follow_the_option(tmp_path):
             None, [f"encode_text.ltx2_stacked_hidden_states={str(stacked).lower()}"],
             input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out"), model="ltx2", buckets="64x64x9",
         )
-        job = SimpleNamespace(cfg=cfg)
+        job = SimpleNamespace(cfg=cfg, state={})
         assert encode_text.args(job)["ltx2_stacked_hidden_states"] is stacked
         sink = precompute._embedding_sink_args(job)
         assert sink["table"] == f"embeddings/encoder={name}" and sink["metadata"]["text_encoder"] == name

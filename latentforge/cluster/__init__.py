@@ -28,3 +28,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def on_driver_node() -> dict:
+    """Ray options that keep a small bookkeeping actor (counts, progress) on the driver's node:
+    a worker node that a spot market reclaims must not take the run's counts with it (a restarted
+    actor starts empty). Only the driver's own node can lose it, and then the run is gone anyway."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)}

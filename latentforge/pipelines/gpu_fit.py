@@ -5,9 +5,10 @@ starts its minimum of actors, each actor asking for its `num_gpus` on one node. 
 nodes two one-GPU pools need two nodes; with only one, one pool never starts and Ray Data waits
 for the no-progress timeout without saying why. So before a pass starts, its pools' minimum
 actors are placed on the GPU nodes (first fit, largest first) that are there now, plus those
-the autoscaler may add (the node types Ray's autoscaler published, with their max counts). A
-pass that fits nowhere is refused with what to change; one that fits only with nodes the
-autoscaler has yet to add goes on (spot GPU workers scale from zero). docs/cluster.md, "GPU pools
+the autoscaler may add (the node types Ray's autoscaler published, with their max counts; an
+autoscaler that runs without publishing them counts as able to add any). A pass that fits
+nowhere is refused with what to change; one that fits only with nodes the autoscaler has yet to
+add goes on (spot GPU workers scale from zero). docs/cluster.md, "GPU pools
 that fit".
 """
 
@@ -51,8 +52,8 @@ def gpu_nodes() -> tuple[list[float], list[float] | None]:
         config = ray._private.state.state.get_cluster_config()
     except Exception:  # noqa: BLE001 - no autoscaler, or a Ray version without it
         config = None
-    if config is None:
-        return present, []
+    if config is None:  # no node types published: an autoscaler of the older kind may still run
+        return present, (None if _autoscaler_reports() else [])
     possible: list[float] = []
     for group in config.node_group_configs:
         gpus = float(group.resources.get("GPU", 0))
@@ -61,6 +62,25 @@ def gpu_nodes() -> tuple[list[float], list[float] | None]:
                 return present, None
             possible += [gpus] * group.max_count
     return present, possible
+
+
+def _autoscaler_reports() -> bool:
+    """Whether an autoscaler that can add nodes runs for this cluster. Ray's monitor writes its
+    status (what `ray status` prints) into the GCS key-value store on every cluster; on one
+    without an autoscaling config (a fixed cluster, `ray.cluster_utils.Cluster`) it runs the
+    read-only provider, whose only node types are the nodes themselves ("node_<id>"). Anything
+    else, or a status that cannot be read, counts as an autoscaler that may add any node."""
+    try:
+        import json
+
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        mapping = ((json.loads(raw) if raw else {}).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+        return not mapping or any(kind != f"node_{node}" for node, kind in mapping.items())
+    except Exception:  # noqa: BLE001 - a Ray version that reports otherwise: assume one may run
+        return True
 
 
 def problem(needs: list[PoolNeed], present: list[float], possible: list[float] | None) -> str | None:

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 
 import ray
 
+from latentforge.cluster import on_driver_node
+
 log = logging.getLogger("latentforge")
 
 MAX_BINS = 120
@@ -63,7 +65,7 @@ class Progress:
 
 
 def start_progress(started: float) -> Any:
-    return Progress.remote(started)
+    return Progress.options(**on_driver_node()).remote(started)
 
 
 def timeline(actor: Any | None) -> dict[str, Any]:

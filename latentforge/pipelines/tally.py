@@ -13,6 +13,8 @@ from typing import Any
 
 import ray
 
+from latentforge.cluster import on_driver_node
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Tally:
@@ -32,7 +34,7 @@ class Tally:
 
 
 def start_tally() -> Any:
-    return Tally.remote()
+    return Tally.options(**on_driver_node()).remote()
 
 
 def report(tally: Any, key: Any, counts: dict[str, int], started: float | None = None) -> None:

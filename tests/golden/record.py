@@ -378,6 +378,7 @@ def canonical_output(out: Path, summary: dict[str, Any], roots: dict[str, Path])
         p.relative_to(out).as_posix()
         for p in out.rglob("*")
         if p.is_file() and p.suffix not in (".parquet",) and p.name != "run.json" and "_parts" not in p.parts
+        and p.name != "report.html" and "report" not in p.relative_to(out).parts  # the run report: tests/test_report.py
     )
     return result
 
