@@ -21,7 +21,7 @@ def test_block_limit_grows_with_the_cluster():
 
 
 def _max_lead(ray, tmp_path, bounded: bool) -> int:
-    """How many blocks a fast stage finished ahead of a slow one, at most, over 200 blocks."""
+    """How many blocks a fast stage finished ahead of a slow one, at most, over 120 blocks."""
     from ray.data._internal.execution.backpressure_policy import ENABLED_BACKPRESSURE_POLICIES, ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY
 
     ctx = ray.data.DataContext.get_current()
@@ -36,22 +36,22 @@ def _max_lead(ray, tmp_path, bounded: bool) -> int:
         def stage(batch):
             (marks / f"{time.time_ns()}-{kind}-{os.getpid()}").touch()
             if kind == "slow":
-                time.sleep(0.03)
+                time.sleep(0.02)
             return batch
 
         return stage
 
     try:  # different CPUs per task keep Ray Data from fusing the two stages into one task
-        ds = ray.data.range(400, override_num_blocks=200)
+        ds = ray.data.range(240, override_num_blocks=120)
         ds = ds.map_batches(mark("fast"), batch_size=None, num_cpus=0.5).map_batches(mark("slow"), batch_size=None, num_cpus=1)
-        assert sum(1 for _ in ds.iter_batches(batch_size=None)) == 200
+        assert sum(1 for _ in ds.iter_batches(batch_size=None)) == 120
     finally:
         ctx.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, before)
     lead = fast = slow = 0
     for name in sorted(os.listdir(marks), key=lambda n: int(n.split("-")[0])):
         fast, slow = fast + (name.split("-")[1] == "fast"), slow + (name.split("-")[1] == "slow")
         lead = max(lead, fast - slow)
-    assert fast == slow == 200
+    assert fast == slow == 120
     return lead
 
 

@@ -53,6 +53,7 @@ def scenario(workdir: Path) -> dict:
 
     from latentforge.config import ConfigError, load_config
     from latentforge.pipelines import fit_problems, run
+    from latentforge.pipelines.gpu_fit import _autoscaler_reports
     from latentforge.sample_media import make_video
 
     make_video(workdir / "a.mp4", 64, 64, 12, 24)
@@ -62,6 +63,10 @@ def scenario(workdir: Path) -> dict:
     try:
         cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        deadline = time.monotonic() + 60  # Ray's monitor writes its first status a few seconds in;
+        while _autoscaler_reports() and time.monotonic() < deadline:  # until then the cluster might scale
+            time.sleep(0.5)
         overrides = [
             "pipeline=all", "ray.use_gpus=true", f"ray.address={cluster.address}",
             "caption.model=tiny-qwen2.5-vl", "caption.max_new_tokens=4", "caption.max_frames=2", "caption.max_pixels=3136",
