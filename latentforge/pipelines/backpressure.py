@@ -37,6 +37,10 @@ except ImportError:  # pragma: no cover - depends on the Ray version
     BackpressurePolicy = object  # type: ignore[assignment,misc]
     ENABLED_BACKPRESSURE_POLICIES = None
     ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY = None
+try:  # operators that take all their input before they give any (shuffles, joins, all-to-all)
+    from ray.data._internal.execution.resource_manager import _BLOCKING_MATERIALIZING_OPERATORS as MATERIALIZING
+except ImportError:  # pragma: no cover - depends on the Ray version
+    MATERIALIZING = ()
 
 
 def block_limit(cluster_cpus: float) -> int:
@@ -67,6 +71,8 @@ class QueuedBlocksBackpressure(BackpressurePolicy):  # type: ignore[misc,valid-t
         global _warned
         if not op.output_dependencies:
             return True  # the last stage (the write) drains, it never waits on anything
+        if any(isinstance(d, MATERIALIZING) for d in op.output_dependencies):
+            return True  # it must see all its input before it gives any: bounding it would deadlock
         try:
             limit = block_limit(self._resource_manager.get_global_limits().cpu)
             return waiting_after(self._topology, op) < limit
