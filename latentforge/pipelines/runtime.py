@@ -30,7 +30,7 @@ from latentforge.pipelines.gpu_fit import PoolNeed, gpu_nodes, problem
 from latentforge.pipelines.outputs import sweep
 from latentforge.pipelines.progress import reporting, start_progress, timeline
 from latentforge.pipelines.stages import Job, Stage, active
-from latentforge.pipelines.tally import totals
+from latentforge.pipelines.tally import end_actors, totals
 from latentforge.storage import get_fs, join
 
 log = logging.getLogger("latentforge")
@@ -379,13 +379,16 @@ def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tup
     started_at = datetime.now(timezone.utc).isoformat()
     job = start(cfg)
     job.state["progress"] = start_progress(job.started)
-    with reporting(job):  # a progress line per interval in job logs; Ray Data's bars on a terminal
-        execute(stages, job)
-    if "tally" in job.state and not totals(job.state["tally"])["counts"].get("input_rows"):
-        raise ManifestError(f"{cfg.input}: no rows (the input is empty)")
-    removed = sweep(cfg.output, cfg.storage_options)  # what a killed earlier run left half-written
-    fields, module_versions = summarize(job)
-    fields.update(extra or {})
-    fields["temporary_files_removed"] = removed
-    fields["timeline"] = timeline(job.state["progress"])  # rows finished per time bin, bounded
-    return write_summary(job, fields, module_versions, started_at)
+    try:
+        with reporting(job):  # a progress line per interval in job logs; Ray Data's bars on a terminal
+            execute(stages, job)
+        if "tally" in job.state and not totals(job.state["tally"])["counts"].get("input_rows"):
+            raise ManifestError(f"{cfg.input}: no rows (the input is empty)")
+        removed = sweep(cfg.output, cfg.storage_options)  # what a killed earlier run left half-written
+        fields, module_versions = summarize(job)
+        fields.update(extra or {})
+        fields["temporary_files_removed"] = removed
+        fields["timeline"] = timeline(job.state["progress"])  # rows finished per time bin, bounded
+        return write_summary(job, fields, module_versions, started_at)
+    finally:
+        end_actors(job.state.get("tally"), job.state.get("progress"))  # one run's bookkeeping, gone with it

@@ -48,3 +48,14 @@ def totals(tally: Any | None) -> dict[str, Any]:
     if tally is None:
         return {"counts": {}, "first_started": None, "reports": 0}
     return ray.get(tally.totals.remote())
+
+
+def end_actors(*actors: Any) -> None:
+    """Stop a run's bookkeeping actors once it is over: in a long-lived Ray (a notebook, a test
+    session, a cluster running job after job) each run would otherwise leave two behind."""
+    for actor in actors:
+        if actor is not None:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
