@@ -8,6 +8,7 @@ retried Ray task rewrites the same file and a rerun that skips finished ids adds
 from __future__ import annotations
 
 import json
+import posixpath
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -122,6 +123,13 @@ def existing_values(output: str, table: str, column: str, storage_options: dict[
         with fs.open(p, "rb") as f:
             values.update(pq.read_table(f, columns=[column]).column(column).to_pylist())
     return values
+
+
+def shard_bucket(path: str) -> str | None:
+    """The bucket of a latent shard from its hive partition folder (`.../bucket=WxHxF/part-*.parquet`),
+    None for a shard outside one."""
+    folder = posixpath.basename(posixpath.dirname(path))
+    return folder.split("=", 1)[1] if folder.startswith("bucket=") else None
 
 
 def shard_paths(fs: Any, root: str) -> list[str]:

@@ -76,7 +76,6 @@ class VideoEncodeStage:
         self.dtype = DTYPES[self.compute_name]
         self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
         self.vae = load_vae(self.preset, device=self.device, dtype=self.dtype)
-        self.store_logvar = store_logvar
         self.micro_batch = micro_batch
         self.tiling, self.framewise = tiling, framewise
         self.call_time_limit_s, self.stuck = call_time_limit_s, False

@@ -25,8 +25,6 @@ from latentforge.pipelines.runtime import StagePlan
 from latentforge.pipelines.stages import Job, Stage, active
 
 
-
-
 @dataclass(frozen=True)
 class Pipeline:
     stages: list[Stage]
@@ -45,11 +43,17 @@ def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
     """The stages this config runs, with buckets, models and resources, without running them.
     With `ray.address` set it joins that cluster (nothing is started), so `auto` pool sizes and
     GPUs are what the cluster has now."""
+    return runtime.plan(PIPELINES[cfg.pipeline].stages, _planning_job(cfg, use_gpus))
+
+
+def _planning_job(cfg: PipelineConfig, use_gpus: bool | None) -> Job:
+    """The Job `plan` describes: on the cluster `ray.address` names (joined, nothing started),
+    with GPUs as asked, else as `ray.use_gpus` says, else as that cluster has them."""
     if cfg.ray.address:
         connect(cfg.ray.address)
         if use_gpus is None:
             use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus
-    return runtime.plan(PIPELINES[cfg.pipeline].stages, Job(cfg, bool(use_gpus)))
+    return Job(cfg, bool(use_gpus))
 
 
 def fit_problems(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[str]:
@@ -57,8 +61,7 @@ def fit_problems(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[str]
     (nothing to check without `ray.address`: the embedded Ray has no GPUs to share)."""
     if not cfg.ray.address:
         return []
-    connect(cfg.ray.address)
-    job = Job(cfg, bool(use_gpus if use_gpus is not None else (cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus)))
+    job = _planning_job(cfg, use_gpus)
     stages = active(PIPELINES[cfg.pipeline].stages, cfg)
     return [p for part in runtime.passes(stages) if (p := runtime.gpu_fit_problem(part, job))]
 
@@ -117,26 +120,29 @@ def export_output(output: str, formats: list[str], to: str | None = None, overri
 
 def verify_output(output: str, input_url: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """`latentforge verify`: the report of `verify.verify`, on the embedded Ray or a cluster."""
-    options = apply_overrides({}, list(overrides or []))
-    ray_options = options.get("ray") or {}
-    connect(ray_options.get("address"), ray_options.get("num_cpus"))
+    options = _joined(overrides)
     return verify.verify(output, input_url, options.get("input_format") or "auto", options.get("storage_options") or {})
 
 
 def inspect_output(output: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """`latentforge inspect`: the output's summary (`report.collect`), on the embedded Ray or a cluster."""
-    options = apply_overrides({}, list(overrides or []))
-    ray_options = options.get("ray") or {}
-    connect(ray_options.get("address"), ray_options.get("num_cpus"))
+    options = _joined(overrides)
     return report.collect(output, options.get("storage_options") or {})
 
 
 def report_output(output: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """`latentforge inspect --report`: (re)build report.html of an existing output."""
+    options = _joined(overrides)
+    return report_html.build_report(output, options.get("storage_options") or {})
+
+
+def _joined(overrides: list[str] | None) -> dict[str, Any]:
+    """The --set overrides of a command on an existing output, after joining the Ray they name
+    (`ray.address`, `ray.num_cpus`), or starting the embedded one."""
     options = apply_overrides({}, list(overrides or []))
     ray_options = options.get("ray") or {}
     connect(ray_options.get("address"), ray_options.get("num_cpus"))
-    return report_html.build_report(output, options.get("storage_options") or {})
+    return options
 
 
 def _storage_options(overrides: list[str] | None) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 from typing import Any
 
 import av
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from latentforge.config import ConfigError
-from latentforge.formats.shards import LATENTS, shard_paths
+from latentforge.formats.shards import LATENTS, shard_bucket, shard_paths
 from latentforge.formats.tensors import from_columns
 from latentforge.models import get_preset, load_vae
 from latentforge.operators.devices import default_device
@@ -48,11 +47,11 @@ def pick_samples(output: str, samples: int, bucket: str | None, storage_options:
         raise ConfigError(f"decode: {join(output, LATENTS)} holds no latent shards")
     by_bucket: dict[str, list[str]] = {}
     for p in paths:
-        name = posixpath.basename(posixpath.dirname(p)).split("=", 1)[-1]
-        if bucket is None or name == bucket:
-            by_bucket.setdefault(name, []).append(p)
-    if bucket is not None and not by_bucket:
-        raise ConfigError(f"decode: no bucket {bucket!r} in {join(output, LATENTS)} (buckets: {', '.join(sorted({posixpath.basename(posixpath.dirname(p)).split('=', 1)[-1] for p in paths}))})")
+        by_bucket.setdefault(shard_bucket(p) or "", []).append(p)
+    if bucket is not None:
+        if bucket not in by_bucket:
+            raise ConfigError(f"decode: no bucket {bucket!r} in {join(output, LATENTS)} (buckets: {', '.join(sorted(by_bucket))})")
+        by_bucket = {bucket: by_bucket[bucket]}
     metadata: dict = {}
     picked: dict[str, list[dict]] = {}
     for name, shard_list in sorted(by_bucket.items()):

@@ -27,7 +27,7 @@ from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.export.base import ExportContext, ExportSample
 from latentforge.formats.export.registry import EXPORTERS
 from latentforge.formats.manifest_files import parent_url
-from latentforge.formats.shards import EMBEDDINGS, LATENTS, read_run_summary, shard_paths
+from latentforge.formats.shards import EMBEDDINGS, LATENTS, read_run_summary, shard_bucket, shard_paths
 from latentforge.models import get_preset, text_encoder_name
 from latentforge.pipelines.outputs import arrow_fs, id_set
 from latentforge.pipelines.runtime import shuffle_partitions
@@ -68,7 +68,7 @@ def output_context(output: str, storage_options: dict[str, Any] | None = None, i
     if not model:
         raise ConfigError(f"export: {shards[0]} has no latentforge metadata naming its model")
     preset = get_preset(model)
-    buckets = sorted({posixpath.basename(posixpath.dirname(p)).split("=", 1)[1] for p in shards if "/bucket=" in p})
+    buckets = sorted({b for b in map(shard_bucket, shards) if b})
     for stacked in (False, True):  # the form encode_text stores by default, else LTX-2's stacked form
         encoder_folder = f"{EMBEDDINGS}/encoder={text_encoder_name(preset, ltx2_stacked_hidden_states=stacked)}"
         efs, eroot = get_fs(join(output, encoder_folder), storage_options)

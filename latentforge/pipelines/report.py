@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary, shard_bucket
 from latentforge.rows import error_kind, redact_credentials
 from latentforge.storage import get_fs, join
 
@@ -96,8 +96,7 @@ def scan_shards(table: str, root: str, paths: list[tuple[str, int]], storage_opt
         except Exception:  # noqa: BLE001 - `latentforge verify` names shards that do not open
             part["unreadable"] += 1
             continue
-        folder = posixpath.basename(posixpath.dirname(path))
-        bucket = folder.split("=", 1)[1] if folder.startswith("bucket=") else None
+        bucket = shard_bucket(path)
         part["rows"] += len(rows)
         for row in rows:
             length, aspect = _length_and_aspect(row)

@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 
-from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary
+from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary, shard_bucket
 from latentforge.pipelines.outputs import IdSet
 from latentforge.rows import redact_credentials
 from latentforge.storage import get_fs, join
@@ -93,8 +93,8 @@ def scan_table(output: str, table: str, key: str, storage_options: dict | None, 
             problem("shard does not open", f"{path} ({type(e).__name__}: {str(e)[:120]})")
             continue
         meta = json.loads((schema.metadata or {}).get(b"latentforge", b"{}"))
-        part = posixpath.basename(posixpath.dirname(path))
-        shape = _expected_shape(part.split("=", 1)[1], meta.get("model")) if part.startswith("bucket=") else None
+        bucket = shard_bucket(path)
+        shape = _expected_shape(bucket, meta.get("model")) if bucket else None
         rows += len(data)
         for row in data:
             sid = row.get(key)
@@ -106,7 +106,7 @@ def scan_table(output: str, table: str, key: str, storage_options: dict | None, 
                 problem(f"{key} twice", f"{sid} in {seen[sid]} and {path}")
             seen[sid] = path
             if shape is not None and row.get("latent_shape") is not None and tuple(row["latent_shape"][1:]) != shape:
-                problem("latent shape off its bucket", f"{sid}: {row['latent_shape']} in {part} (expected [C, {', '.join(map(str, shape))}])")
+                problem("latent shape off its bucket", f"{sid}: {row['latent_shape']} in bucket={bucket} (expected [C, {', '.join(map(str, shape))}])")
             if need is not None and row.get("caption_id") and row["caption_id"] not in need:
                 problem("caption without embedding", f"{sid}: caption_id {row['caption_id']}")
             if conflict is not None and sid in conflict:
