@@ -162,6 +162,17 @@ def test_segments_partition_the_span_with_overlap():
     assert len(scenes.plan_segments(0, 100, 24, None, 10)) == 1
     uneven = scenes.plan_segments(0, 100, 24, 2.0, 5)  # 3 equal parts rather than 48 + 48 + 4
     assert [s.own_end - s.own_start for s in uneven] == [33, 33, 34]
+    # at least `parts`: a 10 s video under a 600 s segment_seconds, cut for 3 idle CPUs
+    assert [(s.own_start, s.own_end) for s in scenes.plan_segments(0, 240, 24, 600.0, 10, parts=3)] == [(0, 80), (80, 160), (160, 240)]
+
+
+def test_idle_cpus_cut_a_video_into_segments_no_shorter_than_the_least():
+    # 93 s at 24 fps on two cores, one idle: two segments; with 7 idle, 3 (none under 30 s)
+    assert scenes.idle_parts(93 * 24, 24, 1, 30.0) == 2
+    assert scenes.idle_parts(93 * 24, 24, 7, 30.0) == 3
+    assert scenes.idle_parts(93 * 24, 24, 0, 30.0) == 1  # every CPU busy: one pass
+    assert scenes.idle_parts(50 * 24, 24, 4, 30.0) == 1  # too short to pay the overlap twice
+    assert scenes.idle_parts(93 * 24, 24, 4, None) == 1  # switched off
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +242,11 @@ def test_segmented_detection_equals_one_pass(media, detector):
         assert one.cuts == [30, 48, 95, 144, 170, 193]  # on, before and after the borders 48, 96, 144, 192
     # and through split_video: the same clip rows
     assert spans(scenes.split_video(row, options, run_segments=fan_out)) == spans(scenes.split_video(row, opts(detector=detector)))
+    # idle CPUs cut it too (10 s, segments of at least 2 s: 1 + 3 idle = 4), to the same cuts
+    calls.clear()
+    idle = opts(detector=detector, segment_seconds=600.0, overlap_seconds=0.5, min_segment_seconds=2.0)
+    assert scenes.detect_video(str(media["long"]), 0, 240, row["fps"], idle, run_segments=fan_out, idle_cpus=lambda: 3).cuts == one.cuts
+    assert len(calls) == 4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,6 +83,10 @@ class SplitConfig(_Section):
     detect_size: int = Field(256, ge=16, description="longer side of the frames the detector sees (FFmpeg scales to it)")
     segment_seconds: Optional[float] = Field(600.0, gt=0, description="videos longer than this are detected in parallel segments")
     overlap_seconds: float = Field(5.0, ge=0, description="frames each segment also reads either side of its own range")
+    min_segment_seconds: Optional[float] = Field(
+        30.0, gt=0, description="a video at least twice this long is also cut into segments when CPUs are idle as it starts "
+        "(one per idle CPU, none shorter than this), unless its frames feed the shared decode; null: only past segment_seconds",
+    )
     shared_decode_mb: int = Field(
         1024, ge=0, description="in `latentforge run`: memory per video for bucket frames made during detection; 0: prepare decodes again"
     )

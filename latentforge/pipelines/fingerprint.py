@@ -10,11 +10,10 @@ from typing import Any
 
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.shards import read_run_summary
+from latentforge.operators.scenes.parts import SPEED_ONLY as SPLIT_SPEED_ONLY
 from latentforge.rows import stable_hash
 from latentforge.storage import get_fs, join
 
-# Split options that change speed only (as operators.scenes.parts leaves them out of part keys).
-SPLIT_SPEED_ONLY = ("enabled", "segment_seconds", "overlap_seconds", "shared_decode_mb")
 CAPTION_RESULT_KEYS = (
     "backend", "task", "cot", "model", "model_path", "family", "override", "fps", "max_frames", "max_pixels",
     "prompt", "prompt_file", "max_new_tokens", "temperature", "dtype", "no_audio", "send_video",

@@ -10,9 +10,10 @@ sources whose part exists (`pipeline: split` before probing; inside `run`, the s
 the rows from the part without decoding), and clips.jsonl is assembled from the parts at the
 end, in manifest order, so no line is ever duplicated.
 
-Videos longer than `split.segment_seconds` are detected in segments: the stage's task hands
-them to Ray as 1-CPU tasks and waits for them (a task blocked in `ray.get` gives its CPU back),
-so a long video spreads over the cluster while the stream of clip rows stays in order.
+Videos longer than `split.segment_seconds`, and videos that start while CPUs are idle (at least
+twice `split.min_segment_seconds` long), are detected in segments: the stage's task hands them
+to Ray as 1-CPU tasks and waits for them (a task blocked in `ray.get` gives its CPU back), so a
+long video spreads over the cluster while the stream of clip rows stays in order.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def _ray_segments(calls: list[dict[str, Any]]) -> list[scenes.Detection]:
     return ray.get([_segment_task.remote(call) for call in calls])
 
 
+def _idle_cpus() -> int:
+    """CPUs of the cluster that no task or actor holds right now (Ray's resource view, updated
+    about every 100 ms): a video starting while some wait is cut into that many more segments."""
+    return int(ray.available_resources().get("CPU", 0))
+
+
 def _part_url(output: str, key: str) -> str:
     return join(output, PARTS, f"{key}.jsonl")
 
@@ -95,9 +102,9 @@ def split_rows(
         for clip in scenes.rows_from_part(row, records):
             yield _with_frames(clip, frame_request)
         return
-    segments = _ray_segments if ray.is_initialized() else None
+    segments, idle = (_ray_segments, _idle_cpus) if ray.is_initialized() else (None, None)
     produced: list[dict[str, Any]] = []
-    for clip in scenes.split_video(row, opts, output, storage_options, segments, frame_request):
+    for clip in scenes.split_video(row, opts, output, storage_options, segments, frame_request, idle):
         produced.append({k: v for k, v in clip.items() if k != "frames"})
         yield _with_frames(clip, frame_request)
     if use_parts and produced and not any(is_error(r) for r in produced):

@@ -23,13 +23,13 @@ from latentforge.operators.scenes.detect import Detection, detect_segment, detec
 from latentforge.operators.scenes.parts import part_key, part_record, row_part_key, rows_from_part
 from latentforge.operators.scenes.rows import CLIP_FIELDS, passthrough, split_video
 from latentforge.operators.scenes.shared_decode import FrameRequest
-from latentforge.operators.scenes.spans import Segment, clip_spans, parse_duration, plan_clips, plan_segments, skip_region, to_frames
+from latentforge.operators.scenes.spans import Segment, clip_spans, idle_parts, parse_duration, plan_clips, plan_segments, skip_region, to_frames
 
 RESOURCES = Resources(num_cpus=1)
 
 __all__ = [
     "CLIP_FIELDS", "Detection", "FRAMES_FOR", "FrameRequest", "NO_FRAMES", "RESOURCES", "Segment",
-    "clip_spans", "detect_segment", "detect_video", "parse_duration", "part_key", "part_record",
+    "clip_spans", "detect_segment", "idle_parts", "detect_video", "parse_duration", "part_key", "part_record",
     "passthrough", "plan_clips", "plan_segments", "row_part_key", "rows_from_part", "skip_region",
     "split_video", "to_frames",
 ]

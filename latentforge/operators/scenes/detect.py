@@ -18,7 +18,7 @@ import av
 
 from latentforge.operators.frame_clock import iter_indexed_frames
 from latentforge.operators.probe import open_media
-from latentforge.operators.scenes.spans import Segment, plan_segments, to_frames
+from latentforge.operators.scenes.spans import Segment, idle_parts, plan_segments, to_frames
 
 DETECTORS = ("content", "adaptive", "threshold", "histogram", "hash")
 
@@ -245,12 +245,19 @@ def detect_video(
     storage_options: dict[str, Any] | None = None,
     run_segments: Callable[[list[dict[str, Any]]], list[Detection]] | None = None,
     collector: FrameSink | None = None,
+    idle_cpus: Callable[[], int] | None = None,
 ) -> Detection:
     """Cuts of [start, end): one pass, or segments (in parallel where `run_segments` fans them
-    out) when the span is longer than `segment_seconds`. Only a one-pass detection feeds the
-    `collector` (segments run elsewhere and their frames stay there)."""
+    out) when the span is longer than `segment_seconds`, or when `idle_cpus()` says CPUs wait
+    for work as the video starts (`idle_parts`). Only a one-pass detection feeds the
+    `collector` (segments run elsewhere and their frames stay there), so a video whose frames
+    feed one is cut only past `segment_seconds`."""
     overlap = max(int(math.ceil(float(opts.get("overlap_seconds", 5.0)) * fps)), detector_memory(opts, fps))
-    segments = plan_segments(start, end, fps, opts.get("segment_seconds"), overlap)
+    parts = 1
+    shortest = opts.get("min_segment_seconds")
+    if run_segments is not None and collector is None and idle_cpus is not None and shortest and end - start >= 2 * shortest * fps:
+        parts = idle_parts(end - start, fps, idle_cpus(), shortest)
+    segments = plan_segments(start, end, fps, opts.get("segment_seconds"), overlap, parts)
     calls = [dict(uri=uri, segment=s, fps=fps, opts=dict(opts), storage_options=storage_options) for s in segments]
     if len(calls) > 1 and run_segments is not None:
         return merge_detections(run_segments(calls))

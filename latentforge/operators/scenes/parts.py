@@ -15,14 +15,15 @@ _NOT_IN_MANIFEST = frozenset(
      "error", "error_stage", "media_path"}
 )
 
-_SPEED_ONLY = ("enabled", "segment_seconds", "overlap_seconds", "shared_decode_mb")
+# split options that change speed only, never the clips (part keys and the output fingerprint skip them)
+SPEED_ONLY = ("enabled", "segment_seconds", "overlap_seconds", "min_segment_seconds", "shared_decode_mb")
 
 
 def part_key(uri: str, start: Any, end: Any, opts: Mapping[str, Any]) -> str:
     """Id of one source's clip list: the source, its span as given, and every option that
-    changes clips (not `enabled`, `segment_seconds`, `overlap_seconds`, `shared_decode_mb`: those
+    changes clips (not `enabled`, `segment_seconds`, `overlap_seconds`, `min_segment_seconds`, `shared_decode_mb`: those
     change speed only)."""
-    relevant = {k: v for k, v in sorted(opts.items()) if k not in _SPEED_ONLY}
+    relevant = {k: v for k, v in sorted(opts.items()) if k not in SPEED_ONLY}
     return stable_hash(uri, as_int(start, 0), as_int(end), json.dumps(relevant, sort_keys=True, default=str), length=24)
 
 

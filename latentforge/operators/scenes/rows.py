@@ -61,6 +61,7 @@ def split_video(
     storage_options: dict[str, Any] | None = None,
     run_segments: Callable[[list[dict[str, Any]]], list[Detection]] | None = None,
     frame_request: FrameRequest | None = None,
+    idle_cpus: Callable[[], int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One probed row -> one row per clip (or the row itself: errors, images; or an error row).
 
@@ -90,7 +91,7 @@ def split_video(
         collector = None
         if frame_request is not None and opts.get("mode", "virtual") == "virtual":
             collector = ClipFrames(row, region, fps, opts, frame_request)
-        detection = detect_video(uri, region[0], region[1], fps, opts, storage_options, run_segments, collector)
+        detection = detect_video(uri, region[0], region[1], fps, opts, storage_options, run_segments, collector, idle_cpus)
     except Exception as e:  # noqa: BLE001 - a bad file fails its row, not the job
         reason = str(e).strip() or type(e).__name__
         yield _error(row, f"{uri}: scene detection failed ({reason})", t0, 0, 0)

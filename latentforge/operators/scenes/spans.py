@@ -118,6 +118,16 @@ def plan_clips(cuts: Sequence[int], region: tuple[int, int], fps: float, opts: M
 # Segments
 
 
+def idle_parts(length: int, fps: float, idle_cpus: int, min_segment_seconds: float | None) -> int:
+    """How many segments a video of `length` frames is cut into so that CPUs idle as it starts
+    work on it too: one per idle CPU besides its own, none shorter than `min_segment_seconds`.
+    A segment also reads the overlap either side, so short segments cost more than they save."""
+    if not min_segment_seconds or idle_cpus <= 0 or not fps:
+        return 1
+    longest = int(length // (min_segment_seconds * float(fps)))
+    return max(1, min(1 + int(idle_cpus), longest))
+
+
 @dataclass(frozen=True)
 class Segment:
     """Frames [own_start, own_end) are this segment's: its cuts there count. It feeds the
@@ -132,13 +142,16 @@ class Segment:
     last: bool
 
 
-def plan_segments(start: int, end: int, fps: float, segment_seconds: float | None, overlap_frames: int) -> list[Segment]:
-    """[start, end) as one segment, or as n equal segments of at most `segment_seconds`."""
+def plan_segments(
+    start: int, end: int, fps: float, segment_seconds: float | None, overlap_frames: int, parts: int = 1
+) -> list[Segment]:
+    """[start, end) as one segment, or as n equal segments of at most `segment_seconds`, and at
+    least `parts` of them (`idle_parts`)."""
     length = end - start
     seg = int(round((segment_seconds or 0) * fps))
-    if seg <= 0 or length <= seg:
+    n = max(math.ceil(length / seg) if seg > 0 else 1, min(parts, length), 1)
+    if n == 1:
         return [Segment(0, start, end, start, end, True)]
-    n = math.ceil(length / seg)
     bounds = [start + (length * k) // n for k in range(n)] + [end]
     return [
         Segment(
