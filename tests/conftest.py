@@ -42,7 +42,10 @@ def ray_local():
     """One local Ray for the whole session, 2 CPUs as on the CI machine."""
     import ray
 
+    from latentforge.cluster import local_worker_priority
+
     if not ray.is_initialized():
+        local_worker_priority()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     from ray.data import DataContext
 
