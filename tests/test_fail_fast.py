@@ -17,7 +17,7 @@ from PIL import Image
 
 from latentforge.buckets import parse_bucket
 from latentforge.operators.frames import load_image
-from latentforge.pipelines.runtime import redacted_argv
+from latentforge.pipelines.run_summary import redacted_argv
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -286,7 +287,7 @@ def test_tiny_llama_template_prefix_matches_hunyuan_crop(tiny_home):
 def test_normalisation_tensors_are_read_without_the_rest_of_the_weights(tiny_home):
     """The driver reads LTX's latents_mean / latents_std as byte ranges of the safetensors file:
     the header and those tensors, not the weights (issue 12: weights stay on the workers)."""
-    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
     from safetensors import safe_open
 
     from latentforge.models.weights import safetensors_tensors
@@ -294,7 +295,7 @@ def test_normalisation_tensors_are_read_without_the_rest_of_the_weights(tiny_hom
     (path,) = sorted((Path(model_root(get_preset("tiny-ltx-video"))) / "vae").glob("*.safetensors"))
     read = []
 
-    class Counting(fsspec.implementations.local.LocalFileSystem):
+    class Counting(LocalFileSystem):
         def open(self, *args, **kwargs):
             f = super().open(*args, **kwargs)
             real = f.read
@@ -311,6 +312,20 @@ def test_normalisation_tensors_are_read_without_the_rest_of_the_weights(tiny_hom
     got = safetensors_tensors(Counting(), str(path), keys + ["not_there"])
     with safe_open(str(path), framework="pt") as weights:
         for key in keys:
-            assert torch.equal(got[key], weights.get_tensor(key))
+            assert np.array_equal(got[key], weights.get_tensor(key).float().numpy())
         header_and_tensors = 8 + sum(weights.get_tensor(k).numel() * 4 for k in keys) + 64 * 1024
     assert set(got) == set(keys) and sum(read) < header_and_tensors < path.stat().st_size
+
+
+def test_normalisation_tensors_keep_their_values_in_every_float_dtype(tmp_path):
+    """bfloat16 has no numpy dtype: its values come back as the float32 values they are."""
+    import fsspec
+    from safetensors.torch import save_file
+
+    from latentforge.models.weights import safetensors_tensors
+
+    tensors = {f"t_{d}": torch.randn(3, 5).to(getattr(torch, d)) for d in ("bfloat16", "float16", "float32", "float64")}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    got = safetensors_tensors(fsspec.filesystem("file"), str(tmp_path / "w.safetensors"), list(tensors))
+    for key, tensor in tensors.items():
+        assert got[key].shape == (3, 5) and np.array_equal(got[key].astype(np.float64), tensor.double().numpy()), key

@@ -68,6 +68,10 @@ def test_report_names_every_bucket_and_error_kind_with_its_count(finished):
     assert run_json["report"]["contact_tiles"] == len(expected)
     assert summary["report"] == run_json["report"]
     assert run_json["timeline"]["rows"]["latents"] and sum(run_json["timeline"]["rows"]["latents"]) == 7
+    # the fixed cost, in order: Ray up, then the first read task, then the first finished row
+    fixed = run_json["fixed_cost_seconds"]
+    assert 0 <= fixed["ray_start"] <= fixed["first_task"] <= fixed["first_output_row"] <= run_json["wall_seconds"], fixed
+    assert fixed["first_output_row"] == min(run_json["timeline"]["first_row_seconds"].values())
 
 
 def test_figures_are_pngs_and_the_page_is_self_contained(finished):
@@ -171,6 +175,7 @@ def test_timeline_stays_bounded(ray_local):
     counts = timeline["rows"]["latents"]
     assert len(counts) <= MAX_BINS and sum(counts) == 2 * len(range(0, 5000, 7))
     assert timeline["bin_seconds"] * len(counts) >= 4993
+    assert timeline["first_row_seconds"] == {"latents": 0.0}
 
 
 def test_run_takes_no_report_and_inspect_is_a_command():

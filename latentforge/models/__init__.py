@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -256,8 +257,8 @@ def load_vae(preset: ModelPreset | str, device: str | torch.device = "cpu", dtyp
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return [float(v) for v in value.detach().float().cpu().flatten().tolist()]
+    if hasattr(value, "flatten"):  # a numpy array (safetensors_tensors)
+        return [float(v) for v in value.flatten().tolist()]
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, (int, float, str, bool)) or value is None:
@@ -266,6 +267,19 @@ def _jsonable(value: Any) -> Any:
 
 
 _NORMALIZATION_KEYS = ("latents_mean", "latents_std", "scaling_factor", "shift_factor")
+
+
+def _vae_config(root: str) -> dict[str, Any]:
+    """vae/config.json of a model folder or Hub repo, as `<VaeClass>.load_config` reads it, without
+    importing diffusers (seconds of the driver's start-up, before any row moves)."""
+    if os.path.isdir(root):
+        path = os.path.join(root, "vae", "config.json")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(root, "config.json", subfolder="vae")
+    with open(path) as f:
+        return json.load(f)
 
 
 def vae_normalization(preset: ModelPreset | str) -> dict:
@@ -279,7 +293,7 @@ def vae_normalization(preset: ModelPreset | str) -> dict:
     value are left out."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     root = model_root(preset)
-    config = _diffusers_class(preset.vae_class).load_config(root, subfolder="vae")
+    config = _vae_config(root)
     out: dict[str, Any] = {k: _jsonable(config[k]) for k in _NORMALIZATION_KEYS if config.get(k) is not None}
     missing = [k for k in ("latents_mean", "latents_std") if k not in out]
     if missing:

@@ -48,7 +48,7 @@ from latentforge.pipelines.caption_settings import (
     quantization_key,
 )
 from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, read_input, source
-from latentforge.pipelines.runtime import seconds_of
+from latentforge.pipelines.run_summary import seconds_of
 from latentforge.pipelines.sinks import RowSink, sum_write_returns
 from latentforge.pipelines.split import STAGES as SPLIT_STAGES
 from latentforge.pipelines.stages import LIGHT, Job, Stage, output_args

@@ -42,8 +42,11 @@ class Progress:
         self.bins: dict[str, list[int]] = {}
         self.done: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        self.first: dict[str, float] = {}  # per sink: seconds from the start to its first finished row
 
     def add(self, sink: str, rows: int, errors: int, at: float) -> None:
+        if rows and sink not in self.first:
+            self.first[sink] = round(max(0.0, at - self.start), 3)
         self.done[sink] = self.done.get(sink, 0) + rows
         self.errors[sink] = self.errors.get(sink, 0) + errors
         index = max(0, int((at - self.start) / self.bin_seconds))
@@ -61,7 +64,8 @@ class Progress:
 
     def timeline(self) -> dict[str, Any]:
         width = max((len(c) for c in self.bins.values()), default=0)
-        return {"bin_seconds": self.bin_seconds, "rows": {k: c + [0] * (width - len(c)) for k, c in sorted(self.bins.items())}}
+        rows = {k: c + [0] * (width - len(c)) for k, c in sorted(self.bins.items())}
+        return {"bin_seconds": self.bin_seconds, "rows": rows, "first_row_seconds": dict(sorted(self.first.items()))}
 
 
 def start_progress(started: float) -> Any:
@@ -69,7 +73,8 @@ def start_progress(started: float) -> Any:
 
 
 def timeline(actor: Any | None) -> dict[str, Any]:
-    """run.json's `timeline`: {"bin_seconds", "rows": {sink: [rows finished per bin]}}."""
+    """run.json's `timeline`: {"bin_seconds", "rows": {sink: [rows finished per bin]},
+    "first_row_seconds": {sink: seconds from the start to its first finished row}}."""
     if actor is None:
         return {}
     try:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
-import re
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,15 +17,15 @@ from typing import Any, Callable
 
 import ray
 
-from latentforge import __version__
 from latentforge.cluster import cluster_has_gpus, connect
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifest_files import ManifestError
-from latentforge.formats.shards import ERRORS, write_run_summary
+from latentforge.formats.shards import ERRORS
 from latentforge.pipelines.backpressure import install as bound_blocks_in_flight
 from latentforge.pipelines.gpu_fit import PoolNeed, gpu_nodes, problem
 from latentforge.pipelines.outputs import sweep
 from latentforge.pipelines.progress import reporting, start_progress, timeline
+from latentforge.pipelines.run_summary import fixed_cost, write_summary
 from latentforge.pipelines.stages import Job, Stage, active
 from latentforge.pipelines.tally import end_actors, totals
 from latentforge.storage import get_fs, join
@@ -185,11 +182,14 @@ def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
     pipeline also clears the errors of the last one (an export of an output keeps them)."""
     started = time.time()
     connect(cfg.ray.address, cfg.ray.num_cpus)
+    connected = time.time() - started
     configure_data_context(cfg)
     use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else bool(cfg.ray.use_gpus)
     if new_run:
         clear_errors(cfg)
-    return Job(cfg, use_gpus, started=started)
+    job = Job(cfg, use_gpus, started=started)
+    job.state["ray_start_seconds"] = round(connected, 3)
+    return job
 
 
 def clear_errors(cfg: PipelineConfig) -> None:
@@ -296,84 +296,6 @@ def user_error(e: BaseException) -> BaseException | None:
 # run.json
 
 
-SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-
-
-def is_secret(name: str) -> bool:
-    """A config key or option name that may hold a credential (storage_options.key, ...)."""
-    return any(word in name.lower() for word in SECRET_WORDS)
-
-
-def redacted_argv(argv: list[str]) -> list[str]:
-    """The command line for run.json: `--set storage_options.secret=...` and the like masked
-    (a credential passed on the command line must not land in the output beside the data)."""
-    out = []
-    for arg in argv:
-        for m in re.finditer(r"([\w.-]+)=", arg):  # also --set=storage_options.key=...
-            if is_secret(m.group(1).rsplit(".", 1)[-1]):
-                arg = arg[: m.end()] + "***"
-                break
-        out.append(arg)
-    return out
-
-
-def redacted(cfg: PipelineConfig) -> dict[str, Any]:
-    """The config for run.json and logs, with anything that looks like a credential masked."""
-    data = cfg.model_dump(mode="json")
-
-    def mask(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: ("***" if is_secret(k) else mask(v)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [mask(v) for v in node]
-        return node
-
-    data["storage_options"] = mask(data.get("storage_options", {}))
-    return data
-
-
-def versions(*modules: str) -> dict[str, str]:
-    """Versions of latentforge, Python, Ray and the named packages a pipeline ran."""
-    import importlib.metadata
-
-    out = {"latentforge": __version__, "python": platform.python_version(), "ray": ray.__version__}
-    for name in modules:
-        out[name] = importlib.metadata.version(name)
-    return out
-
-
-def seconds_of(result: dict[str, Any], *more: dict[str, Any]) -> dict[str, float]:
-    """Per-stage busy seconds that sinks added up, rounded, in name order."""
-    total: dict[str, float] = {}
-    for r in (result, *more):
-        total.update(r.get("seconds", {}))
-    return {k: round(v, 3) for k, v in sorted(total.items())}
-
-
-def decode_figures(decoded: dict[str, int], source_frames: int) -> dict[str, Any]:
-    """run.json's decoded frames per source frame: how often each source frame was decoded."""
-    return {"source_frames": source_frames, "decoded_per_source_frame": round(sum(decoded.values()) / source_frames, 4) if source_frames else None}
-
-
-def write_summary(job: Job, fields: dict[str, Any], module_versions: tuple[str, ...], started_at: str) -> dict[str, Any]:
-    """run.json: what the pipeline reported, between the times and the provenance every run has."""
-    cfg = job.cfg
-    summary = {
-        "latentforge": __version__,
-        **({"pipeline": fields.pop("pipeline")} if "pipeline" in fields else {}),
-        "started_at": started_at,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "wall_seconds": round(time.time() - job.started, 3),
-        "phase_wall_seconds": {k: round(v, 3) for k, v in job.phase_seconds.items()},
-        **fields,
-        "versions": versions(*module_versions),
-        "config": redacted(cfg),
-        "command": redacted_argv(sys.argv),
-    }
-    write_run_summary(cfg.output, summary, cfg.storage_options)
-    return summary
-
-
 def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tuple[dict[str, Any], tuple[str, ...]]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start, execute the list, summarise; returns the summary also written to run.json."""
     started_at = datetime.now(timezone.utc).isoformat()
@@ -389,6 +311,7 @@ def run(stages: list[Stage], cfg: PipelineConfig, summarize: Callable[[Job], tup
         fields.update(extra or {})
         fields["temporary_files_removed"] = removed
         fields["timeline"] = timeline(job.state["progress"])  # rows finished per time bin, bounded
+        fields["fixed_cost_seconds"] = fixed_cost(job, fields["timeline"])
         return write_summary(job, fields, module_versions, started_at)
     finally:
         end_actors(job.state.get("tally"), job.state.get("progress"))  # one run's bookkeeping, gone with it

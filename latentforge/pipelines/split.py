@@ -33,7 +33,7 @@ from latentforge.formats.shards import ERRORS
 from latentforge.operators import scenes
 from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, read_input, source
 from latentforge.pipelines.outputs import id_set
-from latentforge.pipelines.runtime import decode_figures, seconds_of
+from latentforge.pipelines.run_summary import decode_figures, seconds_of
 from latentforge.pipelines.sinks import RowSink
 from latentforge.pipelines.stages import LIGHT, Job, Stage, output_args
 from latentforge.rows import is_error, plain
