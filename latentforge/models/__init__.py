@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from latentforge.models.placement import load_kwargs, needs_move
-from latentforge.models.weights import safetensors_tensors
+from latentforge.models.weights import normalization_stats
 from latentforge.tiny.once import build_folder_once, recipe_marker_ok
 from latentforge.tiny.video_models import TINY_MARKER, TINY_RECIPE_VERSION, build_video_model
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded: the driver reads presets only
+    import torch
 
 
 @dataclass(frozen=True)
@@ -246,8 +246,12 @@ def _diffusers_class(name: str):
     return getattr(diffusers, name)
 
 
-def load_vae(preset: ModelPreset | str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """The preset's VAE via `<VaeClass>.from_pretrained(root, subfolder="vae")`, in eval mode."""
+def load_vae(preset: ModelPreset | str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """The preset's VAE via `<VaeClass>.from_pretrained(root, subfolder="vae")`, in eval mode
+    (float32 unless `dtype`)."""
+    import torch
+
+    dtype = dtype or torch.float32
     preset = get_preset(preset) if isinstance(preset, str) else preset
     cls = _diffusers_class(preset.vae_class)
     vae = cls.from_pretrained(model_root(preset), subfolder="vae", torch_dtype=dtype)
@@ -256,65 +260,17 @@ def load_vae(preset: ModelPreset | str, device: str | torch.device = "cpu", dtyp
     return vae
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "flatten"):  # a numpy array (safetensors_tensors)
-        return [float(v) for v in value.flatten().tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return float(value)
-
-
-_NORMALIZATION_KEYS = ("latents_mean", "latents_std", "scaling_factor", "shift_factor")
-
-
-def _vae_config(root: str) -> dict[str, Any]:
-    """vae/config.json of a model folder or Hub repo, as `<VaeClass>.load_config` reads it, without
-    importing diffusers (seconds of the driver's start-up, before any row moves)."""
-    if os.path.isdir(root):
-        path = os.path.join(root, "vae", "config.json")
-    else:
-        from huggingface_hub import hf_hub_download
-
-        path = hf_hub_download(root, "config.json", subfolder="vae")
-    with open(path) as f:
-        return json.load(f)
-
-
 def vae_normalization(preset: ModelPreset | str) -> dict:
-    """The VAE's normalisation stats, JSON-serialisable, for the latent files' metadata.
-
-    Read without building the model or downloading its weights, so the driver of a cluster run
-    stays light: from the VAE's config where the class keeps them there (Wan, CogVideoX,
-    Hunyuan), and for the LTX VAEs, which keep per-channel `latents_mean` / `latents_std` as
-    weight buffers, those two tensors alone, read as byte ranges of the safetensors files
-    (`safetensors_tensors`; a Hub repo through HfFileSystem's range requests). Keys with no
-    value are left out."""
+    """The VAE's normalisation stats, JSON-serialisable, for the latent files' metadata; read
+    without building the model or downloading its weights (weights.normalization_stats)."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    root = model_root(preset)
-    config = _vae_config(root)
-    out: dict[str, Any] = {k: _jsonable(config[k]) for k in _NORMALIZATION_KEYS if config.get(k) is not None}
-    missing = [k for k in ("latents_mean", "latents_std") if k not in out]
-    if missing:
-        if os.path.isdir(root):
-            import fsspec
-
-            fs, folder = fsspec.filesystem("file"), os.path.join(root, "vae")
-        else:
-            from huggingface_hub import HfFileSystem
-
-            fs, folder = HfFileSystem(), f"{root}/vae"
-        for path in sorted(fs.glob(f"{folder}/*.safetensors")):
-            found = safetensors_tensors(fs, path, [k for k in missing if k not in out])
-            out.update({k: _jsonable(v) for k, v in found.items()})
-    return out
+    return normalization_stats(model_root(preset))
 
 
 def load_text_pipeline(
     preset: ModelPreset | str,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     connectors: bool = True,
     quantization_bits: int | None = None,
 ):
@@ -329,8 +285,10 @@ def load_text_pipeline(
     `getattr(self, "transformer")` has no default but register_modules sets the attribute to
     None, so it holds too). The pipeline's own `encode_prompt` can then be called.
     """
+    import torch
     import transformers
 
+    dtype = dtype or torch.float32
     preset = get_preset(preset) if isinstance(preset, str) else preset
     root = model_root(preset)
     components: dict[str, Any] = {}

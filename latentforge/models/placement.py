@@ -8,15 +8,18 @@ never as a full copy in CPU memory first.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def device_map_for(device: str | torch.device) -> str | None:
     """from_pretrained's `device_map`: None on the CPU; the one GPU; or, when the actor was given
     several (num_gpus > 1), "auto": accelerate spreads the layers over every visible GPU and
     moves activations between them, so a model larger than one GPU loads."""
+    import torch
+
     if torch.device(device).type == "cpu":
         return None
     return "auto" if torch.cuda.device_count() > 1 else str(device)
@@ -29,6 +32,8 @@ def quantization_config(bits: int | None, compute_dtype: torch.dtype, setting: s
         return None
     if bits not in (8, 4):
         raise ValueError(f"{setting}: {bits}-bit weights are not supported (8 or 4)")
+    import torch
+
     if not torch.cuda.is_available():
         raise RuntimeError(
             f"{setting}: bitsandbytes quantization needs a CUDA GPU and none is visible to this actor; "

@@ -1,8 +1,10 @@
-"""Reading a few tensors of a weights file without loading (or downloading) the rest."""
+"""Reading a VAE's config and a few tensors of its weights without loading (or downloading) the
+rest, and without torch: the driver needs the normalisation stats, never the model."""
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from typing import Any
 
@@ -31,4 +33,58 @@ def safetensors_tensors(fs: Any, path: str, keys: list[str]) -> dict[str, np.nda
             if info["dtype"] == "BF16":
                 values = (values.astype("<u4") << 16).view("<f4")
             out[key] = values.reshape(info["shape"]).copy()
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "flatten"):  # a numpy array (safetensors_tensors)
+        return [float(v) for v in value.flatten().tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return float(value)
+
+
+_NORMALIZATION_KEYS = ("latents_mean", "latents_std", "scaling_factor", "shift_factor")
+
+
+def _vae_config(root: str) -> dict[str, Any]:
+    """vae/config.json of a model folder or Hub repo, as `<VaeClass>.load_config` reads it, without
+    importing diffusers (seconds of the driver's start-up, before any row moves)."""
+    if os.path.isdir(root):
+        path = os.path.join(root, "vae", "config.json")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(root, "config.json", subfolder="vae")
+    with open(path) as f:
+        return json.load(f)
+
+
+def normalization_stats(root: str) -> dict:
+    """The normalisation stats of the VAE in a model folder or Hub repo, JSON-serialisable, for
+    the latent files' metadata.
+
+    Read without building the model or downloading its weights, so the driver of a cluster run
+    stays light: from the VAE's config where the class keeps them there (Wan, CogVideoX,
+    Hunyuan), and for the LTX VAEs, which keep per-channel `latents_mean` / `latents_std` as
+    weight buffers, those two tensors alone, read as byte ranges of the safetensors files
+    (`safetensors_tensors`; a Hub repo through HfFileSystem's range requests). Keys with no
+    value are left out."""
+    config = _vae_config(root)
+    out: dict[str, Any] = {k: _jsonable(config[k]) for k in _NORMALIZATION_KEYS if config.get(k) is not None}
+    missing = [k for k in ("latents_mean", "latents_std") if k not in out]
+    if missing:
+        if os.path.isdir(root):
+            import fsspec
+
+            fs, folder = fsspec.filesystem("file"), os.path.join(root, "vae")
+        else:
+            from huggingface_hub import HfFileSystem
+
+            fs, folder = HfFileSystem(), f"{root}/vae"
+        for path in sorted(fs.glob(f"{folder}/*.safetensors")):
+            found = safetensors_tensors(fs, path, [k for k in missing if k not in out])
+            out.update({k: _jsonable(v) for k, v in found.items()})
     return out

@@ -20,3 +20,7 @@ class Resources:
     num_gpus: float = 0.0
     memory: int | None = None
     num_cpus_without_gpus: float | None = None
+
+
+# One GPU per model actor (VAE, text encoder), or one CPU on runs without GPUs.
+MODEL_RESOURCES = Resources(num_cpus=1, num_gpus=1)

@@ -42,7 +42,7 @@ import torch
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, default_dtype, set_cpu_threads
 from latentforge.operators.time_limit import SampleTimeout, end_stuck_process, within
-from latentforge.operators.base import Resources
+from latentforge.operators.base import MODEL_RESOURCES
 from latentforge.rows import has_value, object_column
 
 STAGE = "encode_text"
@@ -188,7 +188,7 @@ class TextEncodeStage:
     the batch; those two columns appear only in batches that have such a row.
     """
 
-    resources = Resources(num_cpus=1, num_gpus=1)
+    resources = MODEL_RESOURCES
 
     def __init__(
         self,

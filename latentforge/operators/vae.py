@@ -16,12 +16,12 @@ import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, set_cpu_threads
-from latentforge.operators.base import Resources
+from latentforge.operators.base import MODEL_RESOURCES
 from latentforge.operators.time_limit import SampleTimeout, end_stuck_process, within
 from latentforge.operators.vae_memory import MemoryPlan, plan_memory
 from latentforge.rows import has_value, object_column
 
-RESOURCES = Resources(num_cpus=1, num_gpus=1)
+RESOURCES = MODEL_RESOURCES
 STAGE = "encode_video"
 
 

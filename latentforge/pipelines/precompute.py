@@ -22,8 +22,7 @@ from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_sum
 from latentforge.models import get_preset, text_encoder_name, vae_normalization, video_dtypes
 from latentforge.operators import captions as captions_op
 from latentforge.operators import frames as frames_op
-from latentforge.operators import text as text_op
-from latentforge.operators import vae as vae_op
+from latentforge.operators import model_actors
 from latentforge.operators.vae_memory import describe_thresholds
 from latentforge.pipelines.caption import STAGES as CAPTION_STAGES
 from latentforge.pipelines.caption import captioned_in_run, in_run
@@ -168,9 +167,9 @@ VIDEO = [
     Stage(
         "encode_video",
         "actors",
-        vae_op.VideoEncodeStage,
+        model_actors.VideoEncodeStage,
         _describe_vae,
-        resources=vae_op.RESOURCES,
+        resources=model_actors.VideoEncodeStage.resources,
         config="encode_video",
         node_threads=True,
         args=_vae_args,
@@ -273,9 +272,9 @@ TEXT = [
     Stage(
         "encode_text",
         "actors",
-        text_op.TextEncodeStage,
+        model_actors.TextEncodeStage,
         _describe_text,
-        resources=text_op.TextEncodeStage.resources,
+        resources=model_actors.TextEncodeStage.resources,
         enabled=text_enabled,
         config="encode_text",
         node_threads=True,

@@ -13,7 +13,6 @@ import tempfile
 import threading
 from typing import Any, Callable
 
-import torch
 
 # torch's RNG is process-global: two threads seeding and drawing at once would interleave
 # their streams, so builds within a process are serialised (processes race via os.rename). One
@@ -23,6 +22,8 @@ BUILD_LOCK = threading.Lock()
 
 def seeded(seed: int, fn, *args, **kwargs):
     """`fn(*args, **kwargs)` under `torch.manual_seed(seed)`, leaving the caller's RNG state alone."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return fn(*args, **kwargs)
@@ -39,6 +40,7 @@ def recipe_marker_ok(folder: str, marker: str, version: int) -> bool:
 
 def write_recipe_marker(folder: str, marker: str, version: int, **about: Any) -> None:
     """The marker `recipe_marker_ok` looks for, with what built the twin; written last."""
+    import torch
     import transformers
 
     record = {"recipe_version": version, **about, "torch": torch.__version__, "transformers": transformers.__version__}

@@ -1,0 +1,42 @@
+"""The model actors as the driver names them: `encode_video` and `encode_text` each get a thin
+class here that builds the real one (operators/vae.py, operators/text.py) inside the actor.
+
+Ray pickles an actor class by reference, so a driver that held the real classes would import
+torch, diffusers and transformers (about 0.5 GB of RSS) only to name them; with these it never
+does (tests/test_architecture.py checks). Same class names, so Ray Data's operator names
+(`MapBatches(VideoEncodeStage)`) and `latentforge plan` read as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from latentforge.operators.base import MODEL_RESOURCES
+
+
+class VideoEncodeStage:
+    """operators.vae.VideoEncodeStage, built in the actor."""
+
+    resources = MODEL_RESOURCES
+
+    def __init__(self, **kwargs: Any) -> None:
+        from latentforge.operators.vae import VideoEncodeStage as Stage
+
+        self.stage = Stage(**kwargs)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.stage(batch)
+
+
+class TextEncodeStage:
+    """operators.text.TextEncodeStage, built in the actor."""
+
+    resources = MODEL_RESOURCES
+
+    def __init__(self, **kwargs: Any) -> None:
+        from latentforge.operators.text import TextEncodeStage as Stage
+
+        self.stage = Stage(**kwargs)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.stage(batch)
