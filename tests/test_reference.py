@@ -199,3 +199,11 @@ def test_a_missing_reference_is_an_error_row_naming_it(reference_run):
     assert err["error_stage"] == "reference" and str(folder / "refs" / "missing.mp4") in err["error"]
     assert summary["counts"]["errors_by_reason"] == {"reference/reference file not found": 1}
     assert summary["counts"]["latents_written"] == 2
+
+
+def test_a_clip_file_of_split_scenes_takes_its_reference_frames_from_the_parents_span(tmp_path):
+    target = make_video(tmp_path / "clip.mp4", 64, 64, 9, 24)  # stands for a clip written by split (copy/reencode)
+    ref = make_video(tmp_path / "parent_ref.mp4", 64, 64, 14, 24, cuts=[6])
+    row = {**_prepared(str(target)), "reference": str(ref), "parent_uri": str(tmp_path / "parent.mp4"), "parent_start_frame": 4}
+    out = make_reference(row, "manifest")
+    np.testing.assert_array_equal(out["reference_frames"], decode_video_frames(str(ref), 4, list(range(4, 13)), Bucket(64, 64, 9)))

@@ -76,10 +76,17 @@ def _decode_reference(uri: str, indices: Sequence[int], size: Bucket, resize_fil
 
 
 def _target_indices(row: dict[str, Any], frames: int, target_fps: float | None) -> list[int]:
+    """The target's frames as indices of the file its reference is aligned with: the source
+    file, also for a clip that split_scenes wrote as its own file (`split.mode: copy|reencode`,
+    whose row counts frames in the clip file and keeps `parent_start_frame`)."""
+    start = int(row.get("start_frame") or 0)
+    offset = 0
+    if has_value(row.get("parent_start_frame")) and has_value(row.get("parent_uri")) and row["parent_uri"] != row["uri"]:
+        offset = int(row["parent_start_frame"]) - start
     if row.get("media_type") == "image" or frames == 1:
-        return [int(row.get("start_frame") or 0)]
+        return [start + offset]
     source_fps = float(row.get("source_fps") or row["fps"])
-    return frame_indices(int(row["start_frame"]), frames, source_fps, target_fps)
+    return [i + offset for i in frame_indices(start, frames, source_fps, target_fps)]
 
 
 def make_reference(

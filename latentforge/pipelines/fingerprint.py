@@ -41,7 +41,7 @@ def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[st
             "encode_video.store_logvar": cfg.encode_video.store_logvar,
             "encode_video.first_frame_latent": cfg.encode_video.first_frame_latent,
         })
-        options.update(reference_options(cfg))  # only when references are on: older outputs stay comparable
+        options.update(reference_options(cfg))  # reference.kind, and its options when on
         if cfg.encode_text.enabled:
             options.update({
                 f"encode_text.{k}": getattr(cfg.encode_text, k)

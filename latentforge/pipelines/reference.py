@@ -33,14 +33,16 @@ def _describe(job: Job) -> str:
     if ref.downscale_factor > 1:
         scale.append(f"1/{ref.downscale_factor} size")
     if ref.temporal_scale_factor > 1:
-        scale.append(f"frame 0 + every {ref.temporal_scale_factor}th frame")
+        scale.append(f"frames 0, 1, 1+{ref.temporal_scale_factor}, ...: 1 in {ref.temporal_scale_factor}")
     return f"IC-LoRA reference from {made}; the target's bucket, crop and frames" + (f" ({', '.join(scale)})" if scale else "")
 
 
 def result_options(cfg: Any) -> dict[str, Any]:
-    """The reference options for the run's fingerprint (pipelines/fingerprint.py), when on."""
-    if not enabled(cfg):
-        return {}
+    """The reference options for the run's fingerprint (pipelines/fingerprint.py): the kind,
+    and the rest when references are on. An output made before this section has no kind, which
+    fingerprint.changed does not count as a change."""
+    if not enabled(cfg):  # kind always: turning references on over an output without them is refused
+        return {"reference.kind": cfg.reference.kind}
     return {f"reference.{k}": v for k, v in cfg.reference.model_dump().items()}
 
 
