@@ -175,6 +175,7 @@ def test_cpu_stage_modules_never_import_the_model_stack():
         "latentforge.pipelines.caption", "latentforge.pipelines.backpressure", "latentforge.operators.probe",
         "latentforge.operators.frames", "latentforge.operators.scenes", "latentforge.operators.captions",
         "latentforge.operators.captioning", "latentforge.operators.captioner", "latentforge.operators.caption_api",
+        "latentforge.operators.reference", "latentforge.pipelines.reference",
     ]
     code = "import sys\n" + "".join(f"import {m}\n" for m in cpu_modules) + (
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\nprint(','.join(heavy))"

@@ -6,6 +6,7 @@ the per-stage sections are named after the stages they tune.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from latentforge.buckets import Bucket, BucketError, parse_buckets, validate_buckets
 from latentforge.config.base import DTYPE, ConfigError, _Section
+from latentforge.config.reference import ReferenceConfig, check_reference_buckets
 from latentforge.config.split import SplitConfig
 
 PIPELINES = ("split", "caption", "precompute", "all")
@@ -151,6 +153,7 @@ class PipelineConfig(_Section):
     encode_text: EncodeTextConfig = Field(default_factory=EncodeTextConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     export: list[Literal["ltx2", "fastvideo", "cogvideox", "musubi"]] = Field(
         default_factory=list, description="trainer layouts to write at the end of the run (docs/exporters.md)"
@@ -176,6 +179,15 @@ class PipelineConfig(_Section):
                 f"encode_text.dtype: float16 overflows in {encoder} (its activations pass float16's range and become "
                 "inf/NaN); use bfloat16 or float32"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _reference_fits(self) -> "PipelineConfig":
+        from latentforge.models import get_preset
+
+        if self.reference.kind != "none":  # an invalid bucket is reported by bucket_list
+            with contextlib.suppress(BucketError):
+                check_reference_buckets(parse_buckets(self.buckets), self.reference, get_preset(self.model, self.model_path))
         return self
 
     def bucket_list(self) -> list[Bucket]:

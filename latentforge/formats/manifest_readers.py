@@ -29,6 +29,7 @@ from latentforge.formats.manifest_files import (
     read_table,
     with_extension,
 )
+from latentforge.formats.references import resolve_reference
 from latentforge.rows import error_row
 from latentforge.storage import join, resolve, to_url
 
@@ -217,7 +218,8 @@ def make_row(base: str, ref: Any, caption: Any, extras: dict[str, Any], *, capti
         return error_row(row, STAGE, "missing media path")
     ref = str(ref).strip()
     row["uri"] = resolve(base, ref)
-    if leaves(base, ref):
+    reference = resolve_reference(row, base)  # IC-LoRA reference column, resolved the same way
+    if leaves(base, ref) or (reference is not None and leaves(base, reference)):
         row[LEAVES_ROOT] = True  # refused or kept by `manifests.read_part`, per input_allow_outside
     row["media_type"] = media_type_of(ref)
     if row["media_type"] is None:

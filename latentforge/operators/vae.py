@@ -17,6 +17,7 @@ import torch
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, set_cpu_threads
 from latentforge.operators.base import MODEL_RESOURCES
+from latentforge.operators.reference_encode import add_references
 from latentforge.operators.time_limit import SampleTimeout, end_stuck_process, within
 from latentforge.operators.vae_memory import MemoryPlan, plan_memory
 from latentforge.rows import has_value, object_column
@@ -163,6 +164,7 @@ class VideoEncodeStage:
         t0 = time.perf_counter()
         n = len(batch["sample_id"])
         frames_col = batch.pop("frames")
+        refs = batch.pop("reference_frames", None)  # IC-LoRA references (operators/reference.py)
         errors = batch.get("error")
         names = self.stored
         results: dict[str, list[Any]] = {
@@ -185,6 +187,8 @@ class VideoEncodeStage:
                     for name in names:
                         for key, value in to_columns(name, result[name], self.dtype_name).items():
                             results[key][i] = value
+        if refs is not None:  # rows without target frames have no reference to encode either
+            add_references(self, refs, results, failed, set(range(n)) - set().union(*groups.values()))
         out = dict(batch)
         for key, values in results.items():
             out[key] = object_column(values)

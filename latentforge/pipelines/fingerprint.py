@@ -11,6 +11,7 @@ from typing import Any
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.shards import read_run_summary
 from latentforge.operators.scenes.parts import SPEED_ONLY as SPLIT_SPEED_ONLY
+from latentforge.pipelines.reference import result_options as reference_options
 from latentforge.rows import stable_hash
 from latentforge.storage import get_fs, join
 
@@ -39,6 +40,7 @@ def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[st
             "encode_video.store_logvar": cfg.encode_video.store_logvar,
             "encode_video.first_frame_latent": cfg.encode_video.first_frame_latent,
         })
+        options.update(reference_options(cfg))  # reference.kind, and its options when on
         if cfg.encode_text.enabled:
             options.update({
                 f"encode_text.{k}": getattr(cfg.encode_text, k)

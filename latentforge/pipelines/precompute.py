@@ -30,6 +30,7 @@ from latentforge.pipelines.export import counts as export_counts
 from latentforge.pipelines.input import PROBE, first_task_seconds, input_counts, source
 from latentforge.pipelines.outputs import dedupe, existing_ids
 from latentforge.pipelines.precompute_tasks import _distinct_captions, bucket_and_skip, prepare
+from latentforge.pipelines.reference import STAGE as REFERENCE_STAGE
 from latentforge.pipelines.run_summary import decode_figures, seconds_of
 from latentforge.pipelines.sinks import ShardSink
 from latentforge.pipelines.split import STAGES as SPLIT_STAGES
@@ -164,6 +165,7 @@ VIDEO = [
         resources=frames_op.RESOURCES,
         args=_prepare_args,
     ),
+    REFERENCE_STAGE,
     Stage(
         "encode_video",
         "actors",

@@ -32,6 +32,7 @@ import torch
 
 from latentforge.buckets import Bucket
 from latentforge.formats.export.base import ExportContext, Exporter, ExportError, ExportSample
+from latentforge.formats.export.ltx2_reference import REFERENCE_LATENTS_DIR, has_reference, reference_file
 from latentforge.formats.tensors import from_columns
 
 ROOT = ".precomputed"
@@ -134,6 +135,8 @@ class LTX2Exporter(Exporter):
         out = [f"{ROOT}/{LATENTS_DIR}/{name}"]
         if sample.embedding is not None:
             out.append(f"{ROOT}/{CONDITIONS_DIR}/{name}")
+        if has_reference(sample.latent):  # IC-LoRA: the target's name under reference_latents/
+            out.append(f"{ROOT}/{REFERENCE_LATENTS_DIR}/{name}")
         return out
 
     def files(self, samples: list[ExportSample], ctx: ExportContext) -> list[tuple[str, bytes]]:
@@ -149,6 +152,9 @@ class LTX2Exporter(Exporter):
             out.append((paths[0], _pt_bytes(self._latent_file(sample, mean, std))))
             if sample.embedding is not None:
                 out.append((paths[1], _pt_bytes(self._conditions_file(sample, ctx))))
+            if has_reference(sample.latent):
+                ref_path = f"{ROOT}/{REFERENCE_LATENTS_DIR}/{sample_name(sample.latent, ctx.dataset_root)}"
+                out.append((ref_path, _pt_bytes(reference_file(sample.latent, mean, std, STORE_DTYPE))))
         return out
 
     @staticmethod
