@@ -73,6 +73,11 @@ def test_i2v_config_rules():
         load_config(None, ["encode_video.i2v=true"], input="in", output="out", model="tiny-ltx2", buckets="64x64x9")
     with pytest.raises(ConfigError, match="encode_video.image_encoder is set but encode_video.i2v is false"):
         load_config(None, ["encode_video.image_encoder=some/repo"], input="in", output="out", model="tiny-wan2.1", buckets="64x64x9")
+    from latentforge.pipelines.checks import check_models
+
+    cfg = load_config(None, ["encode_video.i2v=true", "encode_video.image_encoder=/nowhere/i2v"], input="in", output="out", model="tiny-wan2.1", buckets="64x64x9")
+    with pytest.raises(ConfigError, match="encode_video.image_encoder /nowhere/i2v: no image_encoder/config.json"):
+        check_models(cfg, False)  # before Ray starts
 
 
 @pytest.fixture(scope="module")
