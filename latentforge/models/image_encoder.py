@@ -36,9 +36,10 @@ def i2v_problem(model: str, model_path: str | None, i2v: bool, image_encoder: st
 
 def image_encoder_location(model: str, model_path: str | None, i2v: bool, image_encoder: str | None) -> str | None:
     """Where the CLIP image encoder of an `i2v` run loads from: `image_encoder` when set, else the
-    preset's I2V repo (a tiny twin: its own folder); None when the run stores no CLIP features
-    (i2v off, or a model without an image encoder, Wan 2.2)."""
-    from latentforge.models import get_preset, model_root
+    preset's I2V repo (a tiny twin: its name, resolved to its folder by `load_image_encoder` on the
+    node that loads it, as the VAE's twin is); None when the run stores no CLIP features (i2v off,
+    or a model without an image encoder, Wan 2.2)."""
+    from latentforge.models import get_preset
 
     if not i2v:
         return None
@@ -47,15 +48,20 @@ def image_encoder_location(model: str, model_path: str | None, i2v: bool, image_
     preset = get_preset(model)  # the preset's own default, whatever model_path holds the VAE
     if preset.name.removeprefix("tiny-") not in IMAGE_ENCODER_REPOS:
         return None
-    return model_root(preset) if preset.tiny else IMAGE_ENCODER_REPOS[preset.name]
+    return preset.name if preset.tiny else IMAGE_ENCODER_REPOS[preset.name]
 
 
 def load_image_encoder(location: str, device: Any = "cpu", dtype: Any = None) -> tuple[Any, Any]:
     """(CLIPImageProcessor, CLIPVisionModel) from `location`'s image_processor/ and image_encoder/
-    subfolders, the encoder in eval mode on `device` (float32 unless `dtype`, as diffusers' Wan
-    I2V example loads it)."""
+    subfolders (a tiny twin's name: its folder, built on first use), the encoder in eval mode on
+    `device` (float32 unless `dtype`, as diffusers' Wan I2V example loads it)."""
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    from latentforge.models import PRESETS, model_root
+
+    if location in PRESETS and PRESETS[location].tiny:
+        location = model_root(location)
 
     processor = CLIPImageProcessor.from_pretrained(location, subfolder="image_processor")
     encoder = CLIPVisionModel.from_pretrained(location, subfolder="image_encoder", dtype=dtype or torch.float32)
@@ -68,10 +74,6 @@ def describe_i2v(model: str, model_path: str | None, first_frame_latent: bool, i
     """`plan`'s words for the I2V columns of encode_video ("" when none)."""
     parts = ["first-frame latent"] if first_frame_latent else []
     if i2v:
-        from latentforge.models import get_preset
-
-        preset, where = get_preset(model), image_encoder
-        if not where and preset.name.removeprefix("tiny-") in IMAGE_ENCODER_REPOS:
-            where = preset.name if preset.tiny else IMAGE_ENCODER_REPOS[preset.name]
+        where = image_encoder_location(model, model_path, i2v, image_encoder)
         parts.append(f"CLIP features from {where} (WanImageToVideoPipeline.encode_image)" if where else "no CLIP features (the model has no image encoder)")
     return "".join(f" + {p}" for p in parts)

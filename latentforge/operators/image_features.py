@@ -35,6 +35,7 @@ class ImageFeatures:
     def __init__(self, location: str, device: Any = "cpu"):
         self.device = torch.device(device)
         self.pipe = image_pipeline(location, self.device)
+        self.weights_bytes = sum(p.numel() * p.element_size() for p in self.pipe.image_encoder.parameters())
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> torch.Tensor:

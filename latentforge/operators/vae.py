@@ -90,6 +90,7 @@ class VideoEncodeStage:
             self.image_features, self.stored = ImageFeatures(image_encoder, self.device), self.stored + ["clip_feature"]
         self.memory_bytes = torch.cuda.get_device_properties(torch.device(self.device)).total_memory if on_gpu else None
         self.weights_bytes = sum(p.numel() * p.element_size() for p in self.vae.parameters())
+        self.weights_bytes += self.image_features.weights_bytes if self.image_features else 0  # resident beside the VAE
         self.plans: dict[tuple[int, ...], MemoryPlan] = {}
         patch = getattr(self.vae.config, "patch_size", None) if self.preset.family == "wan" else None
         self.tile_scale = int(patch or 1)  # Wan 2.2 tiles after its 2x2 patchify (vae_memory.TILE)
