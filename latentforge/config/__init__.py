@@ -50,6 +50,8 @@ class EncodeVideoConfig(ActorPool):
     framewise: Literal["auto", "on", "off"] = Field("auto", description="frame-wise encoding (LTX, HunyuanVideo VAEs); auto: on where needed to fit")
     store_logvar: bool = False
     first_frame_latent: bool = Field(False, description="I2V: also store the latent of the first frame followed by zeros (Wan I2V's condition)")
+    i2v: bool = Field(False, description="Wan I2V conditions: first_frame_latent, and clip_feature (CLIP image features of the first frame) where the model has an image encoder (Wan 2.1)")
+    image_encoder: Optional[str] = Field(None, description="i2v: folder or Hub id with image_encoder/ and image_processor/; default the model's I2V repo (docs/models.md)")
     call_time_limit_s: float = Field(
         1800.0, gt=0, description="a VAE call that has not returned after this long (a hung GPU) makes its rows errors; the actor restarts"
     )
@@ -128,6 +130,10 @@ class CaptionConfig(ActorPool):
         return self
 
 
+class DecodeConfig(_Section):
+    samples_per_bucket: int = Field(0, ge=0, description="at the end of a precompute run, VAE-decode this many latents per bucket into previews/ (0: off)")
+
+
 class RayConfig(_Section):
     address: Optional[str] = Field(None, description="cluster to join; default: RAY_ADDRESS, else an embedded local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs for the embedded local Ray")
@@ -155,6 +161,7 @@ class PipelineConfig(_Section):
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
     export: list[Literal["ltx2", "fastvideo", "cogvideox", "musubi"]] = Field(
         default_factory=list, description="trainer layouts to write at the end of the run (docs/exporters.md)"
     )
@@ -188,6 +195,15 @@ class PipelineConfig(_Section):
         if self.reference.kind != "none":  # an invalid bucket is reported by bucket_list
             with contextlib.suppress(BucketError):
                 check_reference_buckets(parse_buckets(self.buckets), self.reference, get_preset(self.model, self.model_path))
+        return self
+
+    @model_validator(mode="after")
+    def _i2v_model(self) -> "PipelineConfig":
+        from latentforge.models.image_encoder import i2v_problem
+
+        v = self.encode_video
+        if problem := i2v_problem(self.model, self.model_path, v.i2v, v.image_encoder):
+            raise ValueError(problem)
         return self
 
     def bucket_list(self) -> list[Bucket]:

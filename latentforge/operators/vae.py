@@ -62,12 +62,14 @@ class VideoEncodeStage:
         first_frame_latent: bool = False,
         tiling: str = "auto",
         framewise: str = "auto",
+        image_encoder: str | None = None,
     ):
         """`dtype` is what latents are stored in, `compute_dtype` what the VAE runs in (each None:
         the device's default, `models.video_dtypes`). `tiling` / `framewise`: "auto" lets the
         memory rule decide per bucket from the GPU's memory (vae_memory.py). `cpu_actors_per_node`:
         on the CPU, torch gets the node's CPUs divided by this as threads (the pipeline passes it
-        on CPU-only runs); None keeps torch's thread count."""
+        on CPU-only runs); None keeps torch's thread count. `image_encoder`: where the I2V CLIP
+        image encoder loads from; with it, `clip_feature_*` columns too (image_features.py)."""
         from latentforge.models import get_preset, load_vae, video_dtypes
 
         self.device = device or default_device()
@@ -82,8 +84,14 @@ class VideoEncodeStage:
         self.call_time_limit_s, self.stuck = call_time_limit_s, False
         self.first_frame_latent = first_frame_latent  # the I2V condition (encode_first_frame)
         self.stored = ["latent"] + (["logvar"] if store_logvar else []) + (["first_frame_latent"] if first_frame_latent else [])
+        self.image_features = None
+        if image_encoder:  # I2V: CLIP features of the first frame (WanImageToVideoPipeline.encode_image)
+            from latentforge.operators.image_features import ImageFeatures
+
+            self.image_features, self.stored = ImageFeatures(image_encoder, self.device), self.stored + ["clip_feature"]
         self.memory_bytes = torch.cuda.get_device_properties(torch.device(self.device)).total_memory if on_gpu else None
         self.weights_bytes = sum(p.numel() * p.element_size() for p in self.vae.parameters())
+        self.weights_bytes += self.image_features.weights_bytes if self.image_features else 0  # resident beside the VAE
         self.plans: dict[tuple[int, ...], MemoryPlan] = {}
         patch = getattr(self.vae.config, "patch_size", None) if self.preset.family == "wan" else None
         self.tile_scale = int(patch or 1)  # Wan 2.2 tiles after its 2x2 patchify (vae_memory.TILE)
@@ -138,6 +146,7 @@ class VideoEncodeStage:
             stack = np.stack([frames_col[i] for i in rows])
             mean, logvar = within(self.call_time_limit_s, self.encode, stack)
             first = within(self.call_time_limit_s, self.encode_first_frame, stack) if self.first_frame_latent else None
+            clip = within(self.call_time_limit_s, self.image_features, stack) if self.image_features else None
         except SampleTimeout as e:  # a hung call is not split: each half would hang again
             self.stuck = True
             return dict.fromkeys(rows, TimeoutError(f"the VAE call did not return ({e}; encode_video.call_time_limit_s)"))
@@ -154,6 +163,8 @@ class VideoEncodeStage:
         out: dict[int, Any] = {}
         for j, i in enumerate(rows):
             tensors = {"latent": mean[j], "logvar": logvar[j], **({"first_frame_latent": first[j]} if first is not None else {})}
+            if clip is not None:
+                tensors["clip_feature"] = clip[j]
             finite = all(bool(torch.isfinite(tensors[name]).all()) for name in self.stored)
             out[i] = tensors if finite else FloatingPointError("the latent has NaN or inf values")
         return out

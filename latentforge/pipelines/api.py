@@ -12,6 +12,7 @@ import latentforge.pipelines.caption as caption
 import latentforge.pipelines.export as export
 import latentforge.pipelines.fingerprint as fingerprint
 import latentforge.pipelines.precompute as precompute
+import latentforge.pipelines.previews as previews
 import latentforge.pipelines.report as report
 import latentforge.pipelines.report_html as report_html
 import latentforge.pipelines.runtime as runtime
@@ -89,6 +90,8 @@ def run(cfg: PipelineConfig, overwrite: bool = False, make_report: bool = True) 
         fingerprint.check(cfg, now)
     pipeline = PIPELINES[cfg.pipeline]
     summary = runtime.run(pipeline.stages, cfg, pipeline.summarize, extra={"fingerprint": now})
+    if (made := previews.previews_after_run(cfg, summary)) is not None:  # decode.samples_per_bucket
+        summary["previews"] = made
     if not make_report:
         summary["report"] = {"skipped": "--no-report"}
     elif cfg.pipeline in ("split", "caption"):

@@ -97,6 +97,11 @@ def check_models(cfg: PipelineConfig, captions: bool) -> None:
             needed.append((key, preset.repo, "vae/config.json"))
             if cfg.encode_text.enabled:
                 needed.append((key, preset.repo, "text_encoder/config.json"))
+        if cfg.encode_video.i2v and not get_preset(cfg.model).tiny or cfg.encode_video.image_encoder:
+            from latentforge.models.image_encoder import image_encoder_location
+
+            if where := image_encoder_location(cfg.model, cfg.model_path, cfg.encode_video.i2v, cfg.encode_video.image_encoder):
+                needed.append(("encode_video.image_encoder", where, "image_encoder/config.json"))
     if captions and cfg.caption.backend == "transformers" and not cfg.caption.model.startswith("tiny-"):
         needed.append(("caption.model_path" if cfg.caption.model_path else "caption.model", cfg.caption.model_path or cfg.caption.model, "config.json"))
     joining = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))

@@ -20,7 +20,7 @@ CAPTION_RESULT_KEYS = (
     "prompt", "prompt_file", "max_new_tokens", "temperature", "dtype", "no_audio", "send_video",
 )
 # What --overwrite removes: every entry latentforge writes under an output, nothing else.
-OUTPUT_ENTRIES = ("latents", "embeddings", "errors", "export", "clips", "captions", "clips.jsonl", "captions.jsonl", "run.json", "report.html", "report")
+OUTPUT_ENTRIES = ("latents", "embeddings", "errors", "export", "clips", "captions", "clips.jsonl", "captions.jsonl", "run.json", "report.html", "report", "previews")
 
 
 def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[str, Any]:
@@ -39,6 +39,8 @@ def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[st
             "encode_video.framewise": cfg.encode_video.framewise,
             "encode_video.store_logvar": cfg.encode_video.store_logvar,
             "encode_video.first_frame_latent": cfg.encode_video.first_frame_latent,
+            "encode_video.i2v": cfg.encode_video.i2v,
+            "encode_video.image_encoder": cfg.encode_video.image_encoder,
         })
         options.update(reference_options(cfg))  # reference.kind, and its options when on
         if cfg.encode_text.enabled:

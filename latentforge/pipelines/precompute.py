@@ -20,6 +20,7 @@ from latentforge import __version__
 from latentforge.config import ConfigError
 from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary
 from latentforge.models import get_preset, text_encoder_name, vae_normalization, video_dtypes
+from latentforge.models.image_encoder import describe_i2v, image_encoder_location
 from latentforge.operators import captions as captions_op
 from latentforge.operators import frames as frames_op
 from latentforge.operators import model_actors
@@ -80,7 +81,8 @@ def _vae_args(job: Job) -> dict[str, Any]:
         "store_logvar": cfg.store_logvar,
         "micro_batch": cfg.batch_size,
         "call_time_limit_s": cfg.call_time_limit_s,
-        "first_frame_latent": cfg.first_frame_latent,
+        "first_frame_latent": cfg.first_frame_latent or cfg.i2v,
+        "image_encoder": image_encoder_location(job.cfg.model, job.cfg.model_path, cfg.i2v, cfg.image_encoder),
     }
 
 
@@ -104,7 +106,8 @@ def _describe_vae(job: Job) -> str:
     compute, storage = video_dtypes(preset.family, cfg.encode_video.compute_dtype, cfg.encode_video.dtype, job.use_gpus)
     logvar = " + logvar" if cfg.encode_video.store_logvar else ""
     memory = "" if not job.use_gpus else "; " + describe_thresholds(preset.family, cfg.bucket_list(), compute)
-    return f"{preset.vae_class} from {preset.repo}; latent mean{logvar}; compute {compute}, stored {storage}{memory}"
+    i2v = describe_i2v(cfg.model, cfg.model_path, cfg.encode_video.first_frame_latent or cfg.encode_video.i2v, cfg.encode_video.i2v, cfg.encode_video.image_encoder)
+    return f"{preset.vae_class} from {preset.repo}; latent mean{logvar}{i2v}; compute {compute}, stored {storage}{memory}"
 
 
 def _latent_sink_args(job: Job) -> dict[str, Any]:

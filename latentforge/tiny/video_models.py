@@ -11,17 +11,18 @@ import json
 import os
 from typing import Any
 
-from latentforge.tiny import encoders
+from latentforge.tiny import encoders, image_encoders
 from latentforge.tiny.once import seeded, write_recipe_marker
 from latentforge.tiny.text_tokenizers import clip_tokenizer, gemma_tokenizer, llama_tokenizer, t5_tokenizer
 
 # Bump when anything a tiny twin is built from changes (configs, corpus, tokenizer recipe,
 # seeds): a cached twin with another version is rebuilt. (The LTX-2 twin's `connectors/` came
 # without a bump: models._twin_complete rebuilds an LTX-2 twin that lacks it, and only that one.)
-TINY_RECIPE_VERSION = 1
+# 2: the Wan 2.1 twin has the I2V image encoder (image_encoder/, image_processor/).
+TINY_RECIPE_VERSION = 2
 TINY_MARKER = "latentforge_tiny.json"
 
-SEED_VAE, SEED_TEXT, SEED_TEXT_2, SEED_CONNECTORS = 1234, 5678, 9012, 3456
+SEED_VAE, SEED_TEXT, SEED_TEXT_2, SEED_CONNECTORS, SEED_IMAGE = 1234, 5678, 9012, 3456, 7890
 
 # Tiny VAE configs: the real families' structure (downsampling layout, latent channels,
 # patchify) with 8-channel blocks and one layer per block. Compression equals the real one's.
@@ -106,6 +107,9 @@ def build_video_model(preset: Any, dest: str, text_encoder_class: str) -> None:
         parts["text_encoder_2"] = seeded(SEED_TEXT_2, encoders.clip_text, tok2)
     else:  # pragma: no cover
         raise ValueError(f"no tiny recipe for family {family!r}")
+    if base == "wan2.1":  # Wan 2.1 I2V's CLIP image encoder (models/image_encoder.py), its own seed
+        parts["image_encoder"] = seeded(SEED_IMAGE, image_encoders.clip_vision)
+        parts["image_processor"] = image_encoders.clip_image_processor()
 
     for sub, obj in parts.items():
         obj.save_pretrained(os.path.join(dest, sub))
