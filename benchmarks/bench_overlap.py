@@ -3,9 +3,9 @@
 On this machine the tiny VAE costs CPU, so the CPU-bound prepare and the "GPU" compete for the
 same cores and no overlap can show. On the users' clusters the VAE costs GPU time while the CPUs
 decode. So here the encode_video actor is replaced by a stand-in that holds no CPU (num_cpus=0,
-one actor: one accelerator) and sleeps a fixed time per clip, then hands back a small latent;
-everything before it is the real pipeline (manifest read, probe, bucket, prepare's decode and
-resize), and its latents go through the real sink.
+one actor: one accelerator) and sleeps a fixed time per clip, then hands back a latent of the
+size Wan 2.1's VAE gives (zeros). Everything before it is the real pipeline (manifest read,
+probe, bucket, prepare's decode and resize), and its latents go through the real sink.
 
 - sequential   what a trainer's preprocessing script does, one clip at a time in one process:
                probe + bucket + prepare (`load_frames`), then the accelerator's time (a sleep).
@@ -25,7 +25,8 @@ first and last accelerator call; the fixed cost before the first is shown apart,
 the stand-in's busy share over that time, and the ratios to the bound and to the sequential
 loop. Nothing asserts on time.
 
-    python benchmarks/bench_overlap.py                  # 120 clips, ~3 min on 2 cores
+    python benchmarks/bench_overlap.py                  # 120 720p clips, ~5 min on 2 cores (the first time
+                                                        # also ~2 min to generate them)
     python benchmarks/bench_overlap.py --clips 200 --accel-ms 150
 """
 
@@ -45,8 +46,8 @@ import numpy as np
 
 from _machine import machine_busy_seconds, own_cpu_seconds, steal_seconds
 
-BUCKETS = "256x144x17;144x256x17;192x192x17"
-SHAPES = [(640, 360, 24), (360, 640, 30), (480, 480, 25)]
+BUCKETS = "832x480x49;480x832x49;624x624x49"  # Wan 2.1 sizes
+SHAPES = [(1280, 720, 24), (720, 1280, 30), (960, 960, 25)]
 
 
 class SimulatedAccelerator:
@@ -62,10 +63,11 @@ class SimulatedAccelerator:
         frames = batch.pop("frames")
         done = [f is not None and getattr(f, "size", 0) > 0 for f in frames]
         time.sleep(self.seconds * sum(done))
-        latent = np.zeros((4, 5, 18, 32), "<f4").tobytes()
-        batch["latent_bytes"] = np.array([latent if d else None for d in done], dtype=object)
-        batch["latent_shape"] = np.array([[4, 5, 18, 32] if d else None for d in done], dtype=object)
-        batch["latent_dtype"] = np.array(["float32" if d else None for d in done], dtype=object)
+        shapes = [[16, (f.shape[0] - 1) // 4 + 1, f.shape[1] // 8, f.shape[2] // 8] if d else None for f, d in zip(frames, done)]
+        # the size a Wan 2.1 latent of that bucket has in bfloat16, so the sink writes what it would
+        batch["latent_bytes"] = np.array([bytes(2 * int(np.prod(s))) if s else None for s in shapes], dtype=object)
+        batch["latent_shape"] = np.array(shapes, dtype=object)
+        batch["latent_dtype"] = np.array(["bfloat16" if d else None for d in done], dtype=object)
         batch["_seconds_encode_video"] = np.full(n, self.seconds)
         with open(self.log, "a") as f:
             f.write(json.dumps({"start": start, "end": time.time(), "clips": sum(done)}) + "\n")
@@ -139,7 +141,7 @@ def pipeline(manifest: Path, out: Path, accel: float, log: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=120)
-    ap.add_argument("--frames", type=int, default=48, help="frames of each generated clip")
+    ap.add_argument("--frames", type=int, default=60, help="frames of each generated clip")
     ap.add_argument("--accel-ms", type=float, default=None, help="accelerator milliseconds per clip (default: balanced)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "latentforge-bench-overlap"))
     args = ap.parse_args()

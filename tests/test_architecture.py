@@ -7,7 +7,6 @@ import ast
 import contextlib
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -170,6 +169,8 @@ def test_cpu_stage_modules_never_import_the_model_stack():
     import sys
 
     cpu_modules = [
+        # the driver's: it names model actors and exporters without importing them (test_node_loss runs one)
+        "latentforge.cli", "latentforge.pipelines.api", "latentforge.pipelines.precompute", "latentforge.pipelines.export",
         "latentforge.pipelines", "latentforge.pipelines.input", "latentforge.pipelines.sinks", "latentforge.pipelines.outputs",
         "latentforge.pipelines.tally", "latentforge.pipelines.precompute_tasks", "latentforge.pipelines.split",
         "latentforge.pipelines.caption", "latentforge.pipelines.backpressure", "latentforge.operators.probe",
@@ -183,31 +184,3 @@ def test_cpu_stage_modules_never_import_the_model_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     assert out.stdout.strip() == "", f"a CPU worker would import {out.stdout.strip()}"
 
-
-def test_the_driver_never_imports_the_model_stack(tmp_path):
-    """The driver plans and runs the passes, reads the VAE's normalisation stats and writes
-    run.json; the models live in actors (operators/model_actors.py names them without importing
-    them). A precompute run with the tiny models (built beforehand, as real weights are) ends
-    without torch, diffusers or transformers in the driver: ~0.5 GB of RSS it used to carry, and seconds of imports before the first task."""
-    import subprocess
-    import sys
-
-    from latentforge.models import get_preset, model_root
-    from latentforge.sample_media import make_video
-
-    model_root(get_preset("tiny"))  # a tiny twin is built (with torch) where first asked for: not here
-    make_video(tmp_path / "a.mp4", 96, 64, 12, 24)
-    (tmp_path / "data.jsonl").write_text('{"media_path": "a.mp4", "caption": "A square."}\n')
-    code = (
-        "import sys\nfrom latentforge.config import load_config\nfrom latentforge.pipelines import run\n"
-        f"cfg = load_config(None, [], input={str(tmp_path / 'data.jsonl')!r}, output={str(tmp_path / 'out')!r}, model='tiny', buckets='96x64x9')\n"
-        "import latentforge.cli, latentforge.pipelines.precompute, latentforge.pipelines.export\n"
-        "summary = run(cfg, make_report=False)\n"
-        "assert summary['counts']['latents_written'] == 1 and summary['counts']['embeddings_written'] == 1, summary['counts']\n"
-        "print('heavy=' + ','.join(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)))"
-    )
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=PACKAGE.parent, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (heavy,) = [line for line in out.stdout.splitlines() if line.startswith("heavy=")]
-    assert heavy == "heavy=", f"the driver imported {heavy}"

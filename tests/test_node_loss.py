@@ -38,6 +38,9 @@ def test_a_lost_worker_node_loses_no_row(tmp_path, ray_local, tiny_home):
     assert result["latents_when_removed"] < CLIPS, "the node went after the work was done"
     counts = result["summary"]["counts"]
     assert counts["input_rows"] == CLIPS and counts["errors"] == 0, counts
+    # the driver ran both passes without the model stack: actors hold the models, the driver
+    # names them (operators/model_actors.py), about 0.5 GB of RSS it no longer carries
+    assert result["driver_imported"] == [], result["driver_imported"]
 
     lost = read_table(str(tmp_path / "out"), "latents").to_pylist()
     assert len(lost) == len({r["sample_id"] for r in lost}) == CLIPS  # each once
@@ -118,6 +121,7 @@ def scenario(root: Path) -> dict:
             time.sleep(0.05)
         thread.join(SCENARIO_TIMEOUT_S - 60)
         out["summary"] = done.get("summary")
+        out["driver_imported"] = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
         return out
     finally:
         ray.shutdown()
