@@ -48,6 +48,7 @@ class EncodeVideoConfig(ActorPool):
     framewise: Literal["auto", "on", "off"] = Field("auto", description="frame-wise encoding (LTX, HunyuanVideo VAEs); auto: on where needed to fit")
     store_logvar: bool = False
     first_frame_latent: bool = Field(False, description="I2V: also store the latent of the first frame followed by zeros (Wan I2V's condition)")
+    with_audio: bool = Field(False, description="LTX-2: also store each clip's audio latent (audio_latent_*; the audio VAE of the preset repo)")
     call_time_limit_s: float = Field(
         1800.0, gt=0, description="a VAE call that has not returned after this long (a hung GPU) makes its rows errors; the actor restarts"
     )
@@ -176,6 +177,15 @@ class PipelineConfig(_Section):
                 f"encode_text.dtype: float16 overflows in {encoder} (its activations pass float16's range and become "
                 "inf/NaN); use bfloat16 or float32"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _audio_needs_ltx2(self) -> "PipelineConfig":
+        from latentforge.models import get_preset
+
+        family = get_preset(self.model, self.model_path).family
+        if self.encode_video.with_audio and family != "ltx2":
+            raise ValueError(f"encode_video.with_audio: only LTX-2 presets have an audio VAE; model {self.model!r} is {family}")
         return self
 
     def bucket_list(self) -> list[Bucket]:

@@ -39,6 +39,7 @@ def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[st
             "encode_video.framewise": cfg.encode_video.framewise,
             "encode_video.store_logvar": cfg.encode_video.store_logvar,
             "encode_video.first_frame_latent": cfg.encode_video.first_frame_latent,
+            "encode_video.with_audio": cfg.encode_video.with_audio,
         })
         if cfg.encode_text.enabled:
             options.update({
