@@ -16,6 +16,7 @@ import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, set_cpu_threads
+from latentforge.operators.audio_vae import AudioLatentEncoder, add_audio_latents
 from latentforge.operators.base import Resources
 from latentforge.operators.time_limit import SampleTimeout, end_stuck_process, within
 from latentforge.operators.vae_memory import MemoryPlan, plan_memory
@@ -61,6 +62,7 @@ class VideoEncodeStage:
         first_frame_latent: bool = False,
         tiling: str = "auto",
         framewise: str = "auto",
+        with_audio: bool = False,
     ):
         """`dtype` is what latents are stored in, `compute_dtype` what the VAE runs in (each None:
         the device's default, `models.video_dtypes`). `tiling` / `framewise`: "auto" lets the
@@ -76,6 +78,7 @@ class VideoEncodeStage:
         self.dtype = DTYPES[self.compute_name]
         self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
         self.vae = load_vae(self.preset, device=self.device, dtype=self.dtype)
+        self.audio = AudioLatentEncoder(self.preset, self.device, self.dtype) if with_audio else None  # LTX-2 audio latents
         self.micro_batch = micro_batch
         self.tiling, self.framewise = tiling, framewise
         self.call_time_limit_s, self.stuck = call_time_limit_s, False
@@ -163,6 +166,7 @@ class VideoEncodeStage:
         t0 = time.perf_counter()
         n = len(batch["sample_id"])
         frames_col = batch.pop("frames")
+        audio_col = batch.pop("audio", None)  # the span's samples (encode_video.with_audio)
         errors = batch.get("error")
         names = self.stored
         results: dict[str, list[Any]] = {
@@ -185,6 +189,9 @@ class VideoEncodeStage:
                     for name in names:
                         for key, value in to_columns(name, result[name], self.dtype_name).items():
                             results[key][i] = value
+        if self.audio is not None:
+            encoded = [i for rows in groups.values() for i in rows if i not in failed]
+            add_audio_latents(self.audio, audio_col, encoded, n, results, failed, self.dtype_name)
         out = dict(batch)
         for key, values in results.items():
             out[key] = object_column(values)

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from latentforge.tiny import encoders
+from latentforge.tiny.audio_models import ltx2_audio_parts
 from latentforge.tiny.once import seeded, write_recipe_marker
 from latentforge.tiny.text_tokenizers import clip_tokenizer, gemma_tokenizer, llama_tokenizer, t5_tokenizer
 
@@ -97,6 +98,7 @@ def build_video_model(preset: Any, dest: str, text_encoder_class: str) -> None:
         parts["text_encoder"] = seeded(SEED_TEXT, encoders.gemma3, tok)
         # Its own seed, so adding it left the other parts' weights as they were.
         parts["connectors"] = seeded(SEED_CONNECTORS, encoders.ltx2_connectors, parts["text_encoder"])
+        parts.update(ltx2_audio_parts())  # audio_vae/ and vocoder/ (encode_video.with_audio, decode)
     elif family == "hunyuanvideo":
         tok = llama_tokenizer(L + 256)  # + the template prefix the pipeline prepends
         tok2 = clip_tokenizer()
