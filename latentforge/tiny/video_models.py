@@ -61,7 +61,9 @@ VAE_CONFIGS: dict[str, dict[str, Any]] = {
     "ltx2": dict(
         latent_channels=128,
         block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8),
+        # widening as the real (256, 512, 1024): each up block's depth-to-space takes channels
+        # away, so equal widths cannot decode (latentforge decode); the encoder's weights are unchanged
+        decoder_block_out_channels=(8, 16, 32),
         layers_per_block=(1, 1, 1, 1, 1),
         decoder_layers_per_block=(1, 1, 1, 1),
         downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
