@@ -32,6 +32,7 @@ import torch
 
 from latentforge.buckets import Bucket
 from latentforge.formats.export.base import ExportContext, Exporter, ExportError, ExportSample
+from latentforge.formats.export.ltx2_audio import AUDIO_LATENTS_DIR, audio_latent_file, has_audio_latent
 from latentforge.formats.tensors import from_columns
 
 ROOT = ".precomputed"
@@ -134,6 +135,8 @@ class LTX2Exporter(Exporter):
         out = [f"{ROOT}/{LATENTS_DIR}/{name}"]
         if sample.embedding is not None:
             out.append(f"{ROOT}/{CONDITIONS_DIR}/{name}")
+        if has_audio_latent(sample.latent):
+            out.append(f"{ROOT}/{AUDIO_LATENTS_DIR}/{name}")
         return out
 
     def files(self, samples: list[ExportSample], ctx: ExportContext) -> list[tuple[str, bytes]]:
@@ -149,6 +152,8 @@ class LTX2Exporter(Exporter):
             out.append((paths[0], _pt_bytes(self._latent_file(sample, mean, std))))
             if sample.embedding is not None:
                 out.append((paths[1], _pt_bytes(self._conditions_file(sample, ctx))))
+            if has_audio_latent(sample.latent):
+                out.append((paths[-1], _pt_bytes(audio_latent_file(sample.latent, ctx.latent_metadata, sample.sample_id, STORE_DTYPE))))
         return out
 
     @staticmethod
