@@ -66,6 +66,14 @@ def test_down_mix_rules():
     assert np.allclose(to_stereo(x[:3]), np.repeat(x[:3].mean(0, keepdims=True), 2, 0))
 
 
+def test_with_audio_needs_an_ltx2_preset(tmp_path):
+    from latentforge.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="encode_video.with_audio"):
+        load_config(None, ["encode_video.with_audio=true"], input=str(tmp_path), output=str(tmp_path / "o"), model="tiny-wan2.1", buckets="64x64x9")
+    assert load_config(None, ["encode_video.with_audio=true"], input=str(tmp_path), output=str(tmp_path / "o"), model="tiny-ltx2", buckets="64x64x9").encode_video.with_audio
+
+
 def test_span_samples_are_the_sources_trimmed_and_resampled_to_length(tmp_path):
     s = tones([440, 660])
     with av.open(str(pcm_clip(tmp_path / "t.mkv", s, num_frames=20))) as c:
