@@ -174,7 +174,7 @@ def test_cpu_stage_modules_never_import_the_model_stack():
         "latentforge.pipelines", "latentforge.pipelines.input", "latentforge.pipelines.sinks", "latentforge.pipelines.outputs",
         "latentforge.pipelines.tally", "latentforge.pipelines.precompute_tasks", "latentforge.pipelines.split",
         "latentforge.pipelines.caption", "latentforge.pipelines.backpressure", "latentforge.operators.probe",
-        "latentforge.operators.frames", "latentforge.operators.scenes", "latentforge.operators.captions",
+        "latentforge.operators.frames", "latentforge.operators.audio", "latentforge.operators.scenes", "latentforge.operators.captions",
         "latentforge.operators.captioning", "latentforge.operators.captioner", "latentforge.operators.caption_api",
         "latentforge.operators.reference", "latentforge.pipelines.reference",
     ]

@@ -52,6 +52,7 @@ class EncodeVideoConfig(ActorPool):
     first_frame_latent: bool = Field(False, description="I2V: also store the latent of the first frame followed by zeros (Wan I2V's condition)")
     i2v: bool = Field(False, description="Wan I2V conditions: first_frame_latent, and clip_feature (CLIP image features of the first frame) where the model has an image encoder (Wan 2.1)")
     image_encoder: Optional[str] = Field(None, description="i2v: folder or Hub id with image_encoder/ and image_processor/; default the model's I2V repo (docs/models.md)")
+    with_audio: bool = Field(False, description="LTX-2: also store each clip's audio latent (audio_latent_*; the audio VAE of the preset repo)")
     call_time_limit_s: float = Field(
         1800.0, gt=0, description="a VAE call that has not returned after this long (a hung GPU) makes its rows errors; the actor restarts"
     )
@@ -204,6 +205,15 @@ class PipelineConfig(_Section):
         v = self.encode_video
         if problem := i2v_problem(self.model, self.model_path, v.i2v, v.image_encoder):
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _audio_needs_ltx2(self) -> "PipelineConfig":
+        from latentforge.models import get_preset
+
+        family = get_preset(self.model, self.model_path).family
+        if self.encode_video.with_audio and family != "ltx2":
+            raise ValueError(f"encode_video.with_audio: only LTX-2 presets have an audio VAE; model {self.model!r} is {family}")
         return self
 
     def bucket_list(self) -> list[Bucket]:

@@ -55,9 +55,12 @@ for _name in ("latent", "logvar", "embedding", "pooled_embedding"):
     COLUMN_TYPES[f"{_name}_bytes"] = pa.binary()
     COLUMN_TYPES[f"{_name}_shape"] = pa.list_(pa.int64())
     COLUMN_TYPES[f"{_name}_dtype"] = pa.string()
+# LTX-2 audio (encode_video.with_audio): typed, so a shard whose rows all lack audio still merges
+COLUMN_TYPES.update({"audio_status": pa.string(), "audio_duration": pa.float64()})
+COLUMN_TYPES.update({"audio_latent_bytes": pa.binary(), "audio_latent_shape": pa.list_(pa.int64()), "audio_latent_dtype": pa.string()})
 
 # Columns that only exist while a row is in flight.
-TRANSIENT = ("frames",)
+TRANSIENT = ("frames", "audio")
 
 
 def to_table(rows: list[dict[str, Any]], drop: Iterable[str] = ()) -> pa.Table:

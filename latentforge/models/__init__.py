@@ -340,9 +340,9 @@ def _marker_ok(folder: str) -> bool:
 
 def _twin_complete(preset: ModelPreset, folder: str) -> bool:
     """A current twin: its marker, and every diffusers text component the loader asks for (an
-    LTX-2 twin built before `connectors/` was part of its recipe is rebuilt; the other twins,
+    LTX-2 twin built before `connectors/` (or `audio_vae/` and `vocoder/`) was part of its recipe is rebuilt; the other twins,
     and their bytes, are untouched: TINY_RECIPE_VERSION stays)."""
-    subs = _DIFFUSERS_TEXT_COMPONENTS.get(preset.family, {})
+    subs = [*_DIFFUSERS_TEXT_COMPONENTS.get(preset.family, {}), *(("audio_vae", "vocoder") if preset.family == "ltx2" else ())]
     return _marker_ok(folder) and all(os.path.isdir(os.path.join(folder, sub)) for sub in subs)
 
 

@@ -49,17 +49,35 @@ def _jsonable(value: Any) -> Any:
 _NORMALIZATION_KEYS = ("latents_mean", "latents_std", "scaling_factor", "shift_factor")
 
 
-def _vae_config(root: str) -> dict[str, Any]:
-    """vae/config.json of a model folder or Hub repo, as `<VaeClass>.load_config` reads it, without
-    importing diffusers (seconds of the driver's start-up, before any row moves)."""
+def subfolder_config(root: str, subfolder: str) -> dict[str, Any]:
+    """<subfolder>/config.json of a model folder or Hub repo, as a diffusers class's `load_config`
+    reads it, without importing diffusers (seconds of the driver's start-up, before any row moves)."""
     if os.path.isdir(root):
-        path = os.path.join(root, "vae", "config.json")
+        path = os.path.join(root, subfolder, "config.json")
     else:
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(root, "config.json", subfolder="vae")
+        path = hf_hub_download(root, "config.json", subfolder=subfolder)
     with open(path) as f:
         return json.load(f)
+
+
+def subfolder_tensors(root: str, subfolder: str, keys: list[str]) -> dict[str, list[float]]:
+    """The named tensors of <subfolder>/*.safetensors, flattened to floats (a Hub repo through
+    HfFileSystem's range requests): per-channel stats that a class keeps as weight buffers."""
+    if os.path.isdir(root):
+        import fsspec
+
+        fs, folder = fsspec.filesystem("file"), os.path.join(root, subfolder)
+    else:
+        from huggingface_hub import HfFileSystem
+
+        fs, folder = HfFileSystem(), f"{root}/{subfolder}"
+    out: dict[str, list[float]] = {}
+    for path in sorted(fs.glob(f"{folder}/*.safetensors")):
+        found = safetensors_tensors(fs, path, [k for k in keys if k not in out])
+        out.update({k: _jsonable(v) for k, v in found.items()})
+    return out
 
 
 def normalization_stats(root: str) -> dict:
@@ -72,19 +90,9 @@ def normalization_stats(root: str) -> dict:
     weight buffers, those two tensors alone, read as byte ranges of the safetensors files
     (`safetensors_tensors`; a Hub repo through HfFileSystem's range requests). Keys with no
     value are left out."""
-    config = _vae_config(root)
+    config = subfolder_config(root, "vae")
     out: dict[str, Any] = {k: _jsonable(config[k]) for k in _NORMALIZATION_KEYS if config.get(k) is not None}
     missing = [k for k in ("latents_mean", "latents_std") if k not in out]
     if missing:
-        if os.path.isdir(root):
-            import fsspec
-
-            fs, folder = fsspec.filesystem("file"), os.path.join(root, "vae")
-        else:
-            from huggingface_hub import HfFileSystem
-
-            fs, folder = HfFileSystem(), f"{root}/vae"
-        for path in sorted(fs.glob(f"{folder}/*.safetensors")):
-            found = safetensors_tensors(fs, path, [k for k in missing if k not in out])
-            out.update({k: _jsonable(v) for k, v in found.items()})
+        out.update(subfolder_tensors(root, "vae", missing))
     return out

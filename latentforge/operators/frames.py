@@ -8,7 +8,7 @@ FFmpeg's scaler produce the resized frame (no full-size RGB is made and shrunk a
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import av
 import numpy as np
@@ -16,6 +16,7 @@ from PIL import Image
 
 from latentforge.buckets import Bucket, available_frames, choose_bucket, cover_resize, frame_indices, frame_step
 from latentforge.formats.pixels import rgb8
+from latentforge.operators import audio as audio_op
 from latentforge.operators.base import Resources
 from latentforge.operators.frame_clock import iter_indexed_frames
 from latentforge.rows import error_row, has_value, is_error, stable_hash
@@ -106,8 +107,10 @@ def decode_video_frames(
     rotation: int = 0,
     resize_filter: str = "area",
     stats: dict[str, int] | None = None,
+    then: Callable[[Any, Any], None] | None = None,
 ) -> np.ndarray:
     """Decode the given source frame indices, resized to cover `bucket` and center-cropped.
+    `then(container, stream)` runs on the same open container after the frames (the clip's audio).
 
     Frames are numbered by the frame clock (`iter_indexed_frames`: a seek to the span, then
     presentation times), so a span deep in a long file costs one GOP, not the prefix, and
@@ -129,6 +132,8 @@ def decode_video_frames(
                 out[index] = current
             if index >= last:
                 break
+        if then is not None:
+            then(container, stream)
     if stats is not None:
         stats["decoded"] = counts.get("decoded", 0)
     missing = sorted(wanted.difference(out))
@@ -149,12 +154,14 @@ def load_image(source: Any, bucket: Bucket, resize_filter: str = "area") -> np.n
     return np.ascontiguousarray(_crop(arr, bucket, plan.left, plan.top))[None]
 
 
-def _decode(row: dict[str, Any], bucket: Bucket, indices: Sequence[int], resize_filter: str, storage_options: Any, stats: dict) -> np.ndarray:
+def _decode(
+    row: dict[str, Any], bucket: Bucket, indices: Sequence[int], resize_filter: str, storage_options: Any, stats: dict, then: Any = None
+) -> np.ndarray:
     with open_media(row["uri"], storage_options) as source:
         if row["media_type"] == "image":
             return load_image(source, bucket, resize_filter)
         rotation = int(row.get("rotation") or 0)
-        return decode_video_frames(source, int(row["start_frame"]), indices, bucket, rotation, resize_filter, stats)
+        return decode_video_frames(source, int(row["start_frame"]), indices, bucket, rotation, resize_filter, stats, then)
 
 
 def load_frames(
@@ -163,8 +170,11 @@ def load_frames(
     resize_filter: str = "area",
     storage_options: dict[str, Any] | None = None,
     time_limit: tuple[float, float] | None = None,
+    audio_rate: int | None = None,
 ) -> dict[str, Any]:
     """Row with a bucket -> row with `frames` (uint8 [F, H, W, 3]) and `num_frames` = F.
+    With `audio_rate` (encode_video.with_audio), also the span's audio from the same open
+    container (audio.py's columns).
 
     `time_limit` = (base seconds, seconds per source frame read): a decode that runs past it
     (a hung FFmpeg or read) makes the row an error and leaves its thread behind (time_limit.py)."""
@@ -190,7 +200,11 @@ def load_frames(
             indices = frame_indices(int(row["start_frame"]), f, source_fps, target_fps)
         read = max(indices) - int(row.get("start_frame") or 0) + 1
         limit = sample_limit(read, *time_limit) if time_limit is not None else None
-        frames = within(limit, _decode, row, bucket, indices, resize_filter, storage_options, stats)
+        def audio(container: Any, stream: Any) -> None:  # the span's audio, from the same open container
+            out.update(audio_op.span_audio_columns(container, stream, indices[0], f, float(row["fps"]), audio_rate))
+
+        then = audio if audio_rate and row["media_type"] != "image" else None
+        frames = within(limit, _decode, row, bucket, indices, resize_filter, storage_options, stats, then)
     except SampleTimeout as e:
         return error_row(out, STAGE, f"{row['uri']}: timed out decoding ({e}; prepare.time_limit_s)")
     except Exception as e:  # noqa: BLE001 - a bad file fails its row, not the job

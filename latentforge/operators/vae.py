@@ -16,6 +16,7 @@ import torch
 
 from latentforge.formats.tensors import DTYPES, to_columns
 from latentforge.operators.devices import default_device, set_cpu_threads
+from latentforge.operators.audio_vae import AudioLatentEncoder, add_audio_latents
 from latentforge.operators.base import MODEL_RESOURCES
 from latentforge.operators.reference_encode import add_references
 from latentforge.operators.time_limit import SampleTimeout, end_stuck_process, within
@@ -63,6 +64,7 @@ class VideoEncodeStage:
         tiling: str = "auto",
         framewise: str = "auto",
         image_encoder: str | None = None,
+        with_audio: bool = False,
     ):
         """`dtype` is what latents are stored in, `compute_dtype` what the VAE runs in (each None:
         the device's default, `models.video_dtypes`). `tiling` / `framewise`: "auto" lets the
@@ -79,6 +81,7 @@ class VideoEncodeStage:
         self.dtype = DTYPES[self.compute_name]
         self.num_threads = set_cpu_threads(self.device, cpu_actors_per_node)
         self.vae = load_vae(self.preset, device=self.device, dtype=self.dtype)
+        self.audio = AudioLatentEncoder(self.preset, self.device, self.dtype) if with_audio else None  # LTX-2 audio latents
         self.micro_batch = micro_batch
         self.tiling, self.framewise = tiling, framewise
         self.call_time_limit_s, self.stuck = call_time_limit_s, False
@@ -176,6 +179,7 @@ class VideoEncodeStage:
         n = len(batch["sample_id"])
         frames_col = batch.pop("frames")
         refs = batch.pop("reference_frames", None)  # IC-LoRA references (operators/reference.py)
+        audio_col = batch.pop("audio", None)  # the span's samples (encode_video.with_audio)
         errors = batch.get("error")
         names = self.stored
         results: dict[str, list[Any]] = {
@@ -200,6 +204,9 @@ class VideoEncodeStage:
                             results[key][i] = value
         if refs is not None:  # rows without target frames have no reference to encode either
             add_references(self, refs, results, failed, set(range(n)) - set().union(*groups.values()))
+        if self.audio is not None:
+            encoded = [i for rows in groups.values() for i in rows if i not in failed]
+            add_audio_latents(self.audio, audio_col, encoded, n, results, failed, self.dtype_name)
         out = dict(batch)
         for key, values in results.items():
             out[key] = object_column(values)

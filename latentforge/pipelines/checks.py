@@ -95,6 +95,8 @@ def check_models(cfg: PipelineConfig, captions: bool) -> None:
         if not preset.tiny:
             key = "model_path" if cfg.model_path else "model"
             needed.append((key, preset.repo, "vae/config.json"))
+            if cfg.encode_video.with_audio:
+                needed.append((key, preset.repo, "audio_vae/config.json"))  # LTX-2's audio VAE
             if cfg.encode_text.enabled:
                 needed.append((key, preset.repo, "text_encoder/config.json"))
         if cfg.encode_video.i2v and not get_preset(cfg.model).tiny or cfg.encode_video.image_encoder:

@@ -24,6 +24,7 @@ from latentforge.formats.shards import LATENTS, shard_bucket, shard_paths
 from latentforge.formats.tensors import from_columns
 from latentforge.models import get_preset, load_vae
 from latentforge.operators.devices import default_device
+from latentforge.pipelines.decode_audio import AUDIO_COLUMNS, PreviewAudio, add_track, write_track
 from latentforge.storage import get_fs, join, write_bytes_atomic
 
 PREVIEWS = "previews"
@@ -58,7 +59,9 @@ def pick_samples(output: str, samples: int, bucket: str | None, storage_options:
         rows: list[dict] = []
         for path in shard_list:
             with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=COLUMNS)
+                names = set(pq.read_schema(f).names)
+                f.seek(0)
+                table = pq.read_table(f, columns=COLUMNS + [c for c in AUDIO_COLUMNS if c in names])
                 f.seek(0)
                 metadata = metadata or json.loads((pq.read_schema(f).metadata or {}).get(b"latentforge", b"{}"))
             rows += table.to_pylist()
@@ -73,8 +76,9 @@ def to_frames(pixels: torch.Tensor) -> np.ndarray:
     return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
-def media_bytes(frames: np.ndarray, fps: float) -> tuple[bytes, str]:
-    """An mp4 (H.264, yuv420p) of the frames at `fps`, or a png for a single frame."""
+def media_bytes(frames: np.ndarray, fps: float, audio: tuple[np.ndarray, int] | None = None) -> tuple[bytes, str]:
+    """An mp4 (H.264, yuv420p) of the frames at `fps` (with `audio` = (waveform, rate) as its AAC
+    track), or a png for a single frame."""
     buffer = io.BytesIO()
     if frames.shape[0] == 1:
         from PIL import Image
@@ -85,11 +89,13 @@ def media_bytes(frames: np.ndarray, fps: float) -> tuple[bytes, str]:
         stream = container.add_stream("libx264", rate=max(1, round(fps or 24)))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"crf": "12", "preset": "veryfast"}
+        track = add_track(container, audio)
         for image in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        write_track(container, track, audio)
     return buffer.getvalue(), "mp4"
 
 
@@ -98,13 +104,14 @@ def decode_output(output: str, samples: int = 2, bucket: str | None = None, to: 
     picked, metadata = pick_samples(output, samples, bucket, storage_options)
     device = default_device()
     vae = load_vae(vae_of(metadata), device=device, dtype=torch.float32)
+    audio = PreviewAudio(vae_of(metadata), device)  # LTX-2 audio latents, when a row has one
     written = []
     for name, rows in picked.items():
         for row in rows:
             latent = from_columns(row, "latent").to(device=device, dtype=torch.float32)
             with torch.no_grad():
                 pixels = vae.decode(latent[None]).sample[0]
-            data, ext = media_bytes(to_frames(pixels), float(row.get("fps") or 24))
+            data, ext = media_bytes(to_frames(pixels), float(row.get("fps") or 24), audio(row))
             url = join(to or join(output, PREVIEWS), name, f"{row['sample_id']}.{ext}")
             fs, path = get_fs(url, storage_options)
             write_bytes_atomic(fs, path, data)

@@ -41,6 +41,7 @@ def result_options(cfg: PipelineConfig, splits: bool, captions: bool) -> dict[st
             "encode_video.first_frame_latent": cfg.encode_video.first_frame_latent,
             "encode_video.i2v": cfg.encode_video.i2v,
             "encode_video.image_encoder": cfg.encode_video.image_encoder,
+            "encode_video.with_audio": cfg.encode_video.with_audio,
         })
         options.update(reference_options(cfg))  # reference.kind, and its options when on
         if cfg.encode_text.enabled:

@@ -20,6 +20,7 @@ from latentforge import __version__
 from latentforge.config import ConfigError
 from latentforge.formats.shards import EMBEDDINGS, ERRORS, LATENTS, read_run_summary
 from latentforge.models import get_preset, text_encoder_name, vae_normalization, video_dtypes
+from latentforge.models.audio import audio_metadata, audio_sample_rate
 from latentforge.models.image_encoder import describe_i2v, image_encoder_location
 from latentforge.operators import captions as captions_op
 from latentforge.operators import frames as frames_op
@@ -83,13 +84,15 @@ def _vae_args(job: Job) -> dict[str, Any]:
         "call_time_limit_s": cfg.call_time_limit_s,
         "first_frame_latent": cfg.first_frame_latent or cfg.i2v,
         "image_encoder": image_encoder_location(job.cfg.model, job.cfg.model_path, cfg.i2v, cfg.image_encoder),
+        "with_audio": cfg.with_audio,
     }
 
 
 def _prepare_args(job: Job) -> dict[str, Any]:
     p = job.cfg.prepare
     limit = (p.time_limit_s, p.time_limit_per_frame_s)
-    return {"target_fps": p.target_fps, "resize_filter": p.resize_filter, "storage_options": job.cfg.storage_options, "time_limit": limit}
+    audio_rate = audio_sample_rate(get_preset(job.cfg.model, job.cfg.model_path)) if job.cfg.encode_video.with_audio else None
+    return {"target_fps": p.target_fps, "resize_filter": p.resize_filter, "storage_options": job.cfg.storage_options, "time_limit": limit, "audio_rate": audio_rate}
 
 
 def _describe_prepare(job: Job) -> str:
@@ -120,6 +123,7 @@ def _latent_sink_args(job: Job) -> dict[str, Any]:
         "latentforge": __version__,
         "layout": "latent mean [C, F, H, W] of the VAE, not normalised",
         "vae_normalization": vae_normalization(preset),
+        **(audio_metadata(preset) if cfg.encode_video.with_audio else {}),
     }
     return {"output": cfg.output, "table": LATENTS, "key": "sample_id", "partition": "bucket", "storage_options": cfg.storage_options, "metadata": metadata}
 
@@ -332,6 +336,8 @@ def summarize(job: Job) -> tuple[dict[str, Any], tuple[str, ...]]:
         counts.update(job.state.get("text_counts", {}))
         counts["embeddings_written"] = text.get("counts", {}).get("written", 0)
         counts["captions_truncated"] = text.get("counts", {}).get("captions_truncated", 0)
+    if cfg.encode_video.with_audio:
+        counts["clips_without_audio"] = video.get("counts", {}).get("clips_without_audio", 0)
     if cfg.export:
         counts.update(export_counts(job))
     decoded = dict(video.get("decoded_frames", {}))

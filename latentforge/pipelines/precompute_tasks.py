@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from latentforge.formats.shards import LATENTS, existing_values, read_table
+from latentforge.operators import audio as audio_op
 from latentforge.operators import frames as frames_op
 
 
@@ -23,12 +24,20 @@ def bucket_and_skip(row: dict[str, Any], buckets: list, target_fps: float | None
 
 
 def prepare(
-    row: dict[str, Any], target_fps: float | None, resize_filter: str, storage_options: dict, time_limit: tuple[float, float] | None = None
+    row: dict[str, Any],
+    target_fps: float | None,
+    resize_filter: str,
+    storage_options: dict,
+    time_limit: tuple[float, float] | None = None,
+    audio_rate: int | None = None,
 ) -> dict[str, Any]:
-    """prepare's stage entry: decode the bucket frames, unless the sample is done."""
+    """prepare's stage entry: decode the bucket frames (and with `audio_rate` the span's audio,
+    encode_video.with_audio), unless the sample is done."""
     if row.get("_done"):
-        return {"_seconds_prepare": 0.0, "_decoded_frames_prepare": 0, **row, "frames": frames_op.NO_FRAMES}
-    return frames_op.load_frames(row, target_fps, resize_filter, storage_options, time_limit)
+        out = {"_seconds_prepare": 0.0, "_decoded_frames_prepare": 0, **row, "frames": frames_op.NO_FRAMES}
+    else:
+        out = frames_op.load_frames(row, target_fps, resize_filter, storage_options, time_limit, audio_rate)
+    return audio_op.prepare_audio(row, out, audio_rate, storage_options) if audio_rate else out
 
 
 @ray.remote(num_cpus=0.25, num_returns="streaming")

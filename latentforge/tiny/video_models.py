@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from latentforge.tiny import encoders, image_encoders
+from latentforge.tiny.audio_models import ltx2_audio_parts
 from latentforge.tiny.once import seeded, write_recipe_marker
 from latentforge.tiny.text_tokenizers import clip_tokenizer, gemma_tokenizer, llama_tokenizer, t5_tokenizer
 
@@ -19,7 +20,8 @@ from latentforge.tiny.text_tokenizers import clip_tokenizer, gemma_tokenizer, ll
 # seeds): a cached twin with another version is rebuilt. (The LTX-2 twin's `connectors/` came
 # without a bump: models._twin_complete rebuilds an LTX-2 twin that lacks it, and only that one.)
 # 2: the Wan 2.1 twin has the I2V image encoder (image_encoder/, image_processor/).
-TINY_RECIPE_VERSION = 2
+# 3: the LTX-2 twin's decoder widens (8, 16, 32) so it can decode; it has audio_vae/ and vocoder/.
+TINY_RECIPE_VERSION = 3
 TINY_MARKER = "latentforge_tiny.json"
 
 SEED_VAE, SEED_TEXT, SEED_TEXT_2, SEED_CONNECTORS, SEED_IMAGE = 1234, 5678, 9012, 3456, 7890
@@ -61,7 +63,9 @@ VAE_CONFIGS: dict[str, dict[str, Any]] = {
     "ltx2": dict(
         latent_channels=128,
         block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8),
+        # widening as the real (256, 512, 1024): each up block's depth-to-space takes channels
+        # away, so equal widths cannot decode (latentforge decode); the encoder's weights are unchanged
+        decoder_block_out_channels=(8, 16, 32),
         layers_per_block=(1, 1, 1, 1, 1),
         decoder_layers_per_block=(1, 1, 1, 1),
         downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
@@ -98,6 +102,7 @@ def build_video_model(preset: Any, dest: str, text_encoder_class: str) -> None:
         parts["text_encoder"] = seeded(SEED_TEXT, encoders.gemma3, tok)
         # Its own seed, so adding it left the other parts' weights as they were.
         parts["connectors"] = seeded(SEED_CONNECTORS, encoders.ltx2_connectors, parts["text_encoder"])
+        parts.update(ltx2_audio_parts())  # audio_vae/ and vocoder/ (encode_video.with_audio, decode)
     elif family == "hunyuanvideo":
         tok = llama_tokenizer(L + 256)  # + the template prefix the pipeline prepends
         tok2 = clip_tokenizer()

@@ -33,6 +33,7 @@ import torch
 from latentforge.buckets import Bucket
 from latentforge.formats.export.base import ExportContext, Exporter, ExportError, ExportSample
 from latentforge.formats.export.ltx2_reference import REFERENCE_LATENTS_DIR, has_reference, reference_file
+from latentforge.formats.export.ltx2_audio import AUDIO_LATENTS_DIR, audio_latent_file, has_audio_latent
 from latentforge.formats.tensors import from_columns
 
 ROOT = ".precomputed"
@@ -137,6 +138,8 @@ class LTX2Exporter(Exporter):
             out.append(f"{ROOT}/{CONDITIONS_DIR}/{name}")
         if has_reference(sample.latent):  # IC-LoRA: the target's name under reference_latents/
             out.append(f"{ROOT}/{REFERENCE_LATENTS_DIR}/{name}")
+        if has_audio_latent(sample.latent):
+            out.append(f"{ROOT}/{AUDIO_LATENTS_DIR}/{name}")
         return out
 
     def files(self, samples: list[ExportSample], ctx: ExportContext) -> list[tuple[str, bytes]]:
@@ -155,6 +158,8 @@ class LTX2Exporter(Exporter):
             if has_reference(sample.latent):
                 ref_path = f"{ROOT}/{REFERENCE_LATENTS_DIR}/{sample_name(sample.latent, ctx.dataset_root)}"
                 out.append((ref_path, _pt_bytes(reference_file(sample.latent, mean, std, STORE_DTYPE))))
+            if has_audio_latent(sample.latent):
+                out.append((paths[-1], _pt_bytes(audio_latent_file(sample.latent, ctx.latent_metadata, sample.sample_id, STORE_DTYPE))))
         return out
 
     @staticmethod
