@@ -263,3 +263,15 @@ def test_embedded_ray_tasks_run_at_the_drivers_priority(ray_local, monkeypatch):
     monkeypatch.setenv("RAY_worker_niceness", "10")
     local_worker_priority()
     assert os.environ["RAY_worker_niceness"] == "10"
+
+
+def test_only_a_run_that_prepares_asks_detection_for_bucket_frames(tmp_path):
+    """`pipeline: split` has no prepare: its detection must not make (and hold, and ship) bucket
+    frames; inside precompute it does (docs/scenes.md, "One decode per video")."""
+    from latentforge.pipelines.split import frame_request
+
+    def cfg(**kw):
+        return load_config(None, [], input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out"), model="tiny", buckets="96x64x9", **kw)
+
+    assert frame_request(cfg(pipeline="split")) is None
+    assert frame_request(cfg(pipeline="all")) is not None

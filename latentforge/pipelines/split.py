@@ -121,8 +121,9 @@ def _with_frames(row: dict[str, Any], frame_request: scenes.FrameRequest | None)
 
 def frame_request(cfg: PipelineConfig) -> scenes.FrameRequest | None:
     """What prepare will decode, so split_scenes can make it from its own decode (docs/scenes.md,
-    "One decode per video"); None when it cannot: clip files, or `shared_decode_mb: 0`."""
-    if cfg.split.mode != "virtual" or not cfg.split.shared_decode_mb:
+    "One decode per video"); None when nothing would use it (`pipeline: split` has no prepare)
+    or it cannot: clip files, or `shared_decode_mb: 0`."""
+    if cfg.pipeline == "split" or cfg.split.mode != "virtual" or not cfg.split.shared_decode_mb:
         return None
     return scenes.FrameRequest(
         tuple(cfg.bucket_list()), cfg.prepare.target_fps, cfg.prepare.resize_filter, cfg.split.shared_decode_mb
