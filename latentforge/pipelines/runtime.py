@@ -162,6 +162,9 @@ def gpu_fit_problem(stages_of_pass: list[Stage], job: Job) -> str | None:
 # Running
 
 
+RESERVATION_MIN_CPUS = 16  # Ray Data's per-operator reservation only on clusters at least this large
+
+
 def configure_data_context(cfg: PipelineConfig) -> None:
     """Settings that matter when spot nodes come and go, set here rather than left to chance.
 
@@ -175,6 +178,10 @@ def configure_data_context(cfg: PipelineConfig) -> None:
     ctx.actor_init_max_retries = cfg.ray.actor_init_retries
     ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
     bound_blocks_in_flight(ctx)  # cheap stages may not run far ahead of slow ones (docs/scale.md)
+    # Ray Data reserves half the cluster's CPUs in equal shares per operator. Below about two CPUs
+    # per operator a share is less than one task, and prepare ran one task at a time beside an
+    # idle core (benchmarks/bench_overlap.py); the blocks-in-flight bound above keeps order.
+    ctx.op_resource_reservation_enabled = ray.cluster_resources().get("CPU", 0) >= RESERVATION_MIN_CPUS
 
 
 def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
