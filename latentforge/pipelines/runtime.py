@@ -162,10 +162,7 @@ def gpu_fit_problem(stages_of_pass: list[Stage], job: Job) -> str | None:
 # Running
 
 
-RESERVATION_MIN_CPUS = 16  # CPU-only runs keep Ray Data's per-operator reservation from this size on
-
-
-def configure_data_context(cfg: PipelineConfig, use_gpus: bool = True) -> None:
+def configure_data_context(cfg: PipelineConfig) -> None:
     """Settings that matter when spot nodes come and go, set here rather than left to chance.
 
     Ray Data already restarts a lost actor and retries its tasks without limit; on top of that
@@ -178,12 +175,6 @@ def configure_data_context(cfg: PipelineConfig, use_gpus: bool = True) -> None:
     ctx.actor_init_max_retries = cfg.ray.actor_init_retries
     ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
     bound_blocks_in_flight(ctx)  # cheap stages may not run far ahead of slow ones (docs/scale.md)
-    # Ray Data reserves half the cluster's CPUs in equal shares per operator. Below about two CPUs
-    # per operator a share is less than one task, and prepare ran one task at a time beside an
-    # idle core (benchmarks/bench_overlap.py); the blocks-in-flight bound above keeps order. A
-    # run with GPU actors keeps it: it is what leaves a GPU node a CPU for its model actor.
-    small = ray.cluster_resources().get("CPU", 0) < RESERVATION_MIN_CPUS
-    ctx.op_resource_reservation_enabled = use_gpus or not small
 
 
 def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
@@ -192,8 +183,8 @@ def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
     started = time.time()
     connect(cfg.ray.address, cfg.ray.num_cpus)
     connected = time.time() - started
+    configure_data_context(cfg)
     use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else bool(cfg.ray.use_gpus)
-    configure_data_context(cfg, use_gpus)
     if new_run:
         clear_errors(cfg)
     job = Job(cfg, use_gpus, started=started)
