@@ -137,40 +137,73 @@ class VideoEncodeStage:
         condition = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], frames.shape[1] - 1, *x.shape[3:])], dim=2)
         return self.vae.encode(condition).latent_dist.mean
 
-    def encode_rows(self, frames_col: Any, rows: list[int]) -> dict[int, Any]:
-        """Row -> (mean, logvar) for same-shape `rows`, or the exception that row alone raised.
+    def target_tensors(self, stack: np.ndarray) -> dict[str, torch.Tensor]:
+        """What is stored of same-shape clips [B, F, H, W, 3], each [B, ...]: the latent mean, and
+        as configured its logvar, the first-frame latent and the CLIP features."""
+        mean, logvar = within(self.call_time_limit_s, self.encode, stack)
+        out = {"latent": mean, **({"logvar": logvar} if "logvar" in self.stored else {})}
+        if self.first_frame_latent:
+            out["first_frame_latent"] = within(self.call_time_limit_s, self.encode_first_frame, stack)
+        if self.image_features:
+            out["clip_feature"] = within(self.call_time_limit_s, self.image_features, stack)
+        return out
+
+    def encode_rows(self, frames_col: Any, rows: list[int], tensors_of: Any = None, label: str = "latent") -> dict[int, Any]:
+        """Row -> {name: tensor} (`tensors_of`, default `target_tensors`) for same-shape `rows`, or
+        the exception that row alone raised.
 
         A failing call is split until the row at fault is found, so one bad sample never costs
         the others their latents; a row that runs out of memory alone is tried once more with
-        the VAE's tiling switched on, where the class has it. A latent with NaN or inf is an
+        the VAE's tiling switched on, where the class has it. A tensor with NaN or inf is an
         error, never stored. A call that does not return within `call_time_limit_s` makes its
         rows errors and the actor's next batch restarts it (`__call__`)."""
+        tensors_of = tensors_of or self.target_tensors
         try:
-            stack = np.stack([frames_col[i] for i in rows])
-            mean, logvar = within(self.call_time_limit_s, self.encode, stack)
-            first = within(self.call_time_limit_s, self.encode_first_frame, stack) if self.first_frame_latent else None
-            clip = within(self.call_time_limit_s, self.image_features, stack) if self.image_features else None
+            batched = tensors_of(np.stack([frames_col[i] for i in rows]))
         except SampleTimeout as e:  # a hung call is not split: each half would hang again
             self.stuck = True
             return dict.fromkeys(rows, TimeoutError(f"the VAE call did not return ({e}; encode_video.call_time_limit_s)"))
         except Exception as e:  # noqa: BLE001 - isolated below; one bad row never kills the batch
             if len(rows) > 1:
                 half = len(rows) // 2
-                return {**self.encode_rows(frames_col, rows[:half]), **self.encode_rows(frames_col, rows[half:])}
+                return {**self.encode_rows(frames_col, rows[:half], tensors_of, label), **self.encode_rows(frames_col, rows[half:], tensors_of, label)}
             if is_out_of_memory(e) and hasattr(self.vae, "enable_tiling") and not getattr(self.vae, "use_tiling", False):
                 self.vae.enable_tiling()  # and so for the rest of this shape's clips, one at a time
                 shape = tuple(frames_col[rows[0]].shape)
                 self.plans[shape] = replace(self.memory_plan(shape), tiling=True, micro_batch=1)
-                return self.encode_rows(frames_col, rows)
+                return self.encode_rows(frames_col, rows, tensors_of, label)
             return {rows[0]: e}
         out: dict[int, Any] = {}
         for j, i in enumerate(rows):
-            tensors = {"latent": mean[j], "logvar": logvar[j], **({"first_frame_latent": first[j]} if first is not None else {})}
-            if clip is not None:
-                tensors["clip_feature"] = clip[j]
-            finite = all(bool(torch.isfinite(tensors[name]).all()) for name in self.stored)
-            out[i] = tensors if finite else FloatingPointError("the latent has NaN or inf values")
+            tensors = {name: t[j] for name, t in batched.items()}
+            finite = all(bool(torch.isfinite(t).all()) for t in tensors.values())
+            out[i] = tensors if finite else FloatingPointError(f"the {label} has NaN or inf values")
         return out
+
+    def encode_column(
+        self, frames_col: Any, rows: list[int], names: list[str], tensors_of: Any = None, label: str = "latent", what: str = "vae encode failed"
+    ) -> tuple[dict[str, list[Any]], dict[int, str]]:
+        """Encode `rows` of a frames column: same-shape rows share calls, in micro-batches of the
+        shape's memory plan. Returns the `<name>_*` columns (None where not encoded) and the rows
+        that failed, with the reason (`what (<error>)`)."""
+        n = len(frames_col)
+        columns: dict[str, list[Any]] = {f"{name}_{part}": [None] * n for name in names for part in ("bytes", "shape", "dtype")}
+        failed: dict[int, str] = {}
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i in rows:
+            groups[tuple(np.shape(frames_col[i]))].append(i)
+        for shape, same in groups.items():
+            plan = self.memory_plan(shape)
+            self.use_plan(plan)
+            for k in range(0, len(same), plan.micro_batch):
+                for i, result in self.encode_rows(frames_col, same[k : k + plan.micro_batch], tensors_of, label).items():
+                    if isinstance(result, BaseException):
+                        failed[i] = f"{what} ({type(result).__name__}: {str(result).strip()[:300]})"
+                        continue
+                    for name in names:
+                        for key, value in to_columns(name, result[name], self.dtype_name).items():
+                            columns[key][i] = value
+        return columns, failed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.stuck:
@@ -181,31 +214,13 @@ class VideoEncodeStage:
         refs = batch.pop("reference_frames", None)  # IC-LoRA references (operators/reference.py)
         audio_col = batch.pop("audio", None)  # the span's samples (encode_video.with_audio)
         errors = batch.get("error")
-        names = self.stored
-        results: dict[str, list[Any]] = {
-            f"{name}_{part}": [None] * n for name in names for part in ("bytes", "shape", "dtype")
-        }
-        failed: dict[int, str] = {}
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i in range(n):
-            if (errors is not None and has_value(errors[i])) or frames_col[i] is None or frames_col[i].size == 0:
-                continue  # failed rows and rows already in the output pass through
-            groups[tuple(frames_col[i].shape)].append(i)
-        for shape, rows in groups.items():
-            plan = self.memory_plan(shape)
-            self.use_plan(plan)
-            for k in range(0, len(rows), plan.micro_batch):
-                for i, result in self.encode_rows(frames_col, rows[k : k + plan.micro_batch]).items():
-                    if isinstance(result, BaseException):
-                        failed[i] = f"vae encode failed ({type(result).__name__}: {str(result).strip()[:300]})"
-                        continue
-                    for name in names:
-                        for key, value in to_columns(name, result[name], self.dtype_name).items():
-                            results[key][i] = value
+        # failed rows and rows already in the output (no frames) pass through
+        todo = [i for i in range(n) if not (errors is not None and has_value(errors[i])) and frames_col[i] is not None and frames_col[i].size > 0]
+        results, failed = self.encode_column(frames_col, todo, self.stored)
         if refs is not None:  # rows without target frames have no reference to encode either
-            add_references(self, refs, results, failed, set(range(n)) - set().union(*groups.values()))
+            add_references(self, refs, results, failed, set(range(n)) - set(todo))
         if self.audio is not None:
-            encoded = [i for rows in groups.values() for i in rows if i not in failed]
+            encoded = [i for i in todo if i not in failed]
             add_audio_latents(self.audio, audio_col, encoded, n, results, failed, self.dtype_name)
         out = dict(batch)
         for key, values in results.items():
