@@ -133,14 +133,20 @@ class LTX2Exporter(Exporter):
 
     def paths(self, sample: ExportSample, ctx: ExportContext) -> list[str]:
         name = sample_name(sample.latent, ctx.dataset_root)
-        out = [f"{ROOT}/{LATENTS_DIR}/{name}"]
+        return [f"{ROOT}/{folder}/{name}" for folder in self._folders(sample)]
+
+    @staticmethod
+    def _folders(sample: ExportSample) -> list[str]:
+        """The folders a sample has a file in, each under the same `<name>` (IC-LoRA references
+        under the target's name too)."""
+        folders = [LATENTS_DIR]
         if sample.embedding is not None:
-            out.append(f"{ROOT}/{CONDITIONS_DIR}/{name}")
-        if has_reference(sample.latent):  # IC-LoRA: the target's name under reference_latents/
-            out.append(f"{ROOT}/{REFERENCE_LATENTS_DIR}/{name}")
+            folders.append(CONDITIONS_DIR)
+        if has_reference(sample.latent):
+            folders.append(REFERENCE_LATENTS_DIR)
         if has_audio_latent(sample.latent):
-            out.append(f"{ROOT}/{AUDIO_LATENTS_DIR}/{name}")
-        return out
+            folders.append(AUDIO_LATENTS_DIR)
+        return folders
 
     def files(self, samples: list[ExportSample], ctx: ExportContext) -> list[tuple[str, bytes]]:
         mean, std = self._normalization(ctx)
@@ -152,14 +158,13 @@ class LTX2Exporter(Exporter):
             if other is not None and other != sample.sample_id:
                 raise ExportError(f"{paths[0]}: samples {other} and {sample.sample_id} have the same LTX-2 name")
             owners[paths[0]] = sample.sample_id
-            out.append((paths[0], _pt_bytes(self._latent_file(sample, mean, std))))
-            if sample.embedding is not None:
-                out.append((paths[1], _pt_bytes(self._conditions_file(sample, ctx))))
-            if has_reference(sample.latent):
-                ref_path = f"{ROOT}/{REFERENCE_LATENTS_DIR}/{sample_name(sample.latent, ctx.dataset_root)}"
-                out.append((ref_path, _pt_bytes(reference_file(sample.latent, mean, std, STORE_DTYPE))))
-            if has_audio_latent(sample.latent):
-                out.append((paths[-1], _pt_bytes(audio_latent_file(sample.latent, ctx.latent_metadata, sample.sample_id, STORE_DTYPE))))
+            make = {
+                LATENTS_DIR: lambda: self._latent_file(sample, mean, std),
+                CONDITIONS_DIR: lambda: self._conditions_file(sample, ctx),
+                REFERENCE_LATENTS_DIR: lambda: reference_file(sample.latent, mean, std, STORE_DTYPE),
+                AUDIO_LATENTS_DIR: lambda: audio_latent_file(sample.latent, ctx.latent_metadata, sample.sample_id, STORE_DTYPE),
+            }
+            out.extend((path, _pt_bytes(make[folder]())) for folder, path in zip(self._folders(sample), paths))
         return out
 
     @staticmethod
