@@ -14,29 +14,29 @@ from typing import Any
 from latentforge.operators.base import MODEL_RESOURCES
 
 
-class VideoEncodeStage:
-    """operators.vae.VideoEncodeStage, built in the actor."""
+class _InActor:
+    """Holds the real stage (built by the subclass's __init__) and hands it each batch."""
 
     resources = MODEL_RESOURCES
+    stage: Any
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.stage(batch)
+
+
+class VideoEncodeStage(_InActor):
+    """operators.vae.VideoEncodeStage, built in the actor."""
 
     def __init__(self, **kwargs: Any) -> None:
         from latentforge.operators.vae import VideoEncodeStage as Stage
 
         self.stage = Stage(**kwargs)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return self.stage(batch)
 
-
-class TextEncodeStage:
+class TextEncodeStage(_InActor):
     """operators.text.TextEncodeStage, built in the actor."""
-
-    resources = MODEL_RESOURCES
 
     def __init__(self, **kwargs: Any) -> None:
         from latentforge.operators.text import TextEncodeStage as Stage
 
         self.stage = Stage(**kwargs)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return self.stage(batch)
