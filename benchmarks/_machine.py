@@ -41,3 +41,20 @@ def own_cpu_seconds(children: bool = False) -> float:
     """CPU seconds of this process (all threads), plus its waited-for children if asked."""
     who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if children else (resource.RUSAGE_SELF,)
     return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, who))
+
+
+class OtherLoad:
+    """CPU seconds that processes other than this one and its waited-for children used since it
+    was made, and the CPU seconds the machine had meanwhile: what a figure's noise comes from."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self.t0, self.busy0, self.own0 = self._clock(), machine_busy_seconds(), own_cpu_seconds(children=True)
+
+    def others(self) -> float:
+        return max(0.0, machine_busy_seconds() - self.busy0 - (own_cpu_seconds(children=True) - self.own0))
+
+    def available(self) -> float:
+        return (os.cpu_count() or 1) * (self._clock() - self.t0)

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine_busy_seconds, own_cpu_seconds, steal_seconds
+from _machine import OtherLoad, steal_seconds
 
 BUCKETS = "832x480x49;480x832x49;624x624x49"  # Wan 2.1 sizes
 SHAPES = [(1280, 720, 24), (720, 1280, 30), (960, 960, 25)]
@@ -150,7 +150,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     manifest = make_dataset(workdir, args.clips, args.frames)
     cores = os.cpu_count() or 1
-    busy0, steal0, cpu0, t_start = machine_busy_seconds(), steal_seconds(), own_cpu_seconds(children=True), time.perf_counter()
+    load, steal0 = OtherLoad(), steal_seconds()
 
     sequential(manifest, None)  # warm-up: imports, page cache
     _, prepare_cpu, n = sequential(manifest, None)
@@ -178,9 +178,7 @@ def main() -> None:
           f"accelerator busy {busy / (last - first):.0%} of that time, median call {statistics.median(c['end'] - c['start'] for c in calls) * 1000:.0f} ms")
     print(f"  -> {steady * bound:.0%} of the bound; {steady / (n / seq_wall):.2f}x the sequential loop's throughput "
           f"(whole run, fixed cost included: {(n / summary['command_seconds']) / (n / seq_wall):.2f}x)")
-    wall = time.perf_counter() - t_start
-    others = max(0.0, machine_busy_seconds() - busy0 - (own_cpu_seconds(children=True) - cpu0))
-    print(f"(meanwhile other processes used about {others:.0f} CPU-s of {cores * wall:.0f} available (Ray's workers are not "
+    print(f"(meanwhile other processes used about {load.others():.0f} CPU-s of {load.available():.0f} available (Ray's workers are not "
           f"this script's children and count there too); the hypervisor stole {steal_seconds() - steal0:.0f} s)")
 
 

@@ -53,7 +53,7 @@ from latentforge.operators import scenes
 from latentforge.operators.probe import probe
 from latentforge.sample_media import scene_frame
 
-from _machine import SHARED_MEDIA, machine_busy_seconds, own_cpu_seconds
+from _machine import SHARED_MEDIA, OtherLoad
 
 REAL = ("tears_of_steel_10s.mp4", "flower.mp4", "friday.mp4", "bee.mp4")
 REAL_CUTS = {"tears_of_steel_10s.mp4": [21, 65, 185], "flower.mp4": [], "friday.mp4": [], "bee.mp4": []}
@@ -283,8 +283,7 @@ def main() -> None:
         sys.exit("the scenedetect command is not on PATH (pip install scenedetect)")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    busy0, cpu0 = machine_busy_seconds(), own_cpu_seconds(children=True)
+    load = OtherLoad()
 
     paths, truth = [], {}
     real = Path(args.real)
@@ -306,9 +305,7 @@ def main() -> None:
     per_file(paths, truth, args.repeats)
     if not args.no_pipeline:
         whole_pipeline(paths, workdir, max(1, min(args.repeats, 2)))
-    wall = time.perf_counter() - t0
-    others = max(0.0, machine_busy_seconds() - busy0 - (own_cpu_seconds(children=True) - cpu0))
-    print(f"(meanwhile other processes used {others:.0f} CPU-s of {os.cpu_count() * wall:.0f} available)")
+    print(f"(meanwhile other processes used {load.others():.0f} CPU-s of {load.available():.0f} available)")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import av
 
-from _machine import SHARED_MEDIA, machine_busy_seconds, own_cpu_seconds
+from _machine import SHARED_MEDIA, OtherLoad
 from bench_split import REAL, generated, run_cli
 
 SHORT_REAL = [name for name in REAL if name != "bee.mp4"]
@@ -171,17 +171,14 @@ def main() -> None:
         sys.exit("the scenedetect command is not on PATH (pip install scenedetect)")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    busy0, cpu0 = machine_busy_seconds(), own_cpu_seconds(children=True)
+    load = OtherLoad()
     folder, truth = make_folder(workdir, args.copies, args.video, args.seconds, Path(args.real))
     total = sum(seconds_of(p) for p in folder.glob("*.mp4"))
     print(f"{folder}: {len(list(folder.glob('*.mp4')))} files, {total / 60:.1f} minutes of video; {os.cpu_count()} CPUs")
     if not args.skip_task:
         in_task_against_in_process(folder / "long_00.mp4", args.repeats)
     whole_commands(folder, truth, workdir, args.repeats)
-    wall = time.perf_counter() - t0
-    others = max(0.0, machine_busy_seconds() - busy0 - (own_cpu_seconds(children=True) - cpu0))
-    print(f"(meanwhile other processes used {others:.0f} CPU-s of {os.cpu_count() * wall:.0f} available; "
+    print(f"(meanwhile other processes used {load.others():.0f} CPU-s of {load.available():.0f} available; "
           "Ray's worker processes are not this script's children, so their CPU counts there too)")
 
 
