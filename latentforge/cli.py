@@ -25,14 +25,15 @@ examples:
 config keys (YAML; any key can be overridden with --set a.b=c):
   input, output, model, buckets, pipeline, input_format, model_path, storage_options,
   prepare.{target_fps,resize_filter}, encode_video.{dtype,store_logvar,batch_size,min_actors,
-  max_actors,num_gpus}, encode_text.{enabled,trigger_word,strip_openers,dtype,
+  max_actors,num_gpus,with_audio,i2v,image_encoder}, encode_text.{enabled,trigger_word,strip_openers,dtype,
   batch_size,min_actors,max_actors,num_gpus}, ray.{address,num_cpus,use_gpus,no_progress_timeout_s,
   actor_init_retries}
   split.*    scene clips (docs/scenes.md): enabled, detector, min_scene_len, max_scene_len,
              filter_shorter_than, skip_start, skip_end, max_scenes, mode, clip_name, ...
   caption.*  captioning (docs/captioning.md): enabled, backend, model, model_path, task, prompt,
              prompt_file, fps, max_frames, max_pixels, override, manifest, use_8bit, base_url, ...
-  export, export_to   trainer layouts written at the end of a run (docs/exporters.md)
+  reference.{kind,canny_low,canny_high,...}   IC-LoRA references (docs/references.md)
+  export, export_to, decode.samples_per_bucket   trainer layouts, previews at the end of a run
 see docs/config.md for every key.
 """
 
