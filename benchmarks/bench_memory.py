@@ -61,12 +61,36 @@ def pss_kib(proc: psutil.Process) -> int:
     return 0
 
 
+def rss_kinds_mib(proc: psutil.Process) -> str:
+    """RSS split as the kernel counts it: heap and stacks (anon), mapped files (libraries: torch's
+    are shared by the processes that import it) and shared memory (Ray's object store pages)."""
+    kinds = {}
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                    key, value = line.split(":")
+                    kinds[key[3:].lower()] = int(value.split()[0]) // 1024
+    except OSError:
+        return ""
+    return " ".join(f"{k} {v}" for k, v in kinds.items())
+
+
 def maps_torch(proc: psutil.Process) -> bool:
     try:
         with open(f"/proc/{proc.pid}/maps") as f:
             return "libtorch_cpu" in f.read()
     except OSError:
         return False
+
+
+def process_name(proc: psutil.Process) -> str:
+    """What a process is in a Ray run: Ray's worker processes name their task or actor in argv[0]."""
+    cmd = proc.cmdline()
+    if not cmd:
+        return proc.name()
+    head = cmd[0] if not cmd[0].endswith(("python", "python3")) and "python3." not in cmd[0] else " ".join(cmd[1:3])
+    return Path(head.split()[0]).name if "/" in head.split()[0] else head[:60]
 
 
 def run_once(repo: Path, clips: int, workdir: Path) -> dict:
@@ -88,17 +112,23 @@ def run_once(repo: Path, clips: int, workdir: Path) -> dict:
             except psutil.NoSuchProcess:
                 break
             rss = pss = 0
+            rows = []
             for p in tree:
                 try:
-                    rss += p.memory_info().rss // 1024
+                    one = p.memory_info().rss // 1024
+                    name = process_name(p)
                 except psutil.Error:
                     continue
-                pss += pss_kib(p)
+                share = pss_kib(p)
+                rss, pss = rss + one, pss + share
+                rows.append((name, one / 1024, share / 1024, rss_kinds_mib(p)))
             if rss / 1024 > peak["rss_mib"]:
                 peak["rss_mib"] = rss / 1024
                 peak["processes"] = len(tree)
                 peak["torch_processes"] = sum(maps_torch(p) for p in tree)
-            peak["pss_mib"] = max(peak["pss_mib"], pss / 1024)
+            if pss / 1024 > peak["pss_mib"]:
+                peak["pss_mib"] = pss / 1024
+                peak["at_pss_peak"] = sorted(rows, key=lambda r: -r[2])
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -130,6 +160,10 @@ def main() -> None:
             f"({r['torch_processes']} with torch mapped), peak summed PSS {r['pss_mib']:.0f} MiB, latents {r['latents']}",
             flush=True,
         )
+    for r in results:
+        print(f"processes at the {r['clips']}-clip PSS peak (PSS / RSS MiB, RSS split):")
+        for name, rss_mib, pss_mib, kinds in r["at_pss_peak"]:
+            print(f"  {pss_mib:7.0f} / {rss_mib:7.0f}  {name}  ({kinds})")
     if len(results) == 2:
         a, b = results
         print(f"ratio {b['clips']}/{a['clips']} clips: summed RSS {b['rss_mib'] / a['rss_mib']:.2f}x, summed PSS {b['pss_mib'] / a['pss_mib']:.2f}x")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import time
 
+import psutil
 import ray
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         ray.init(address=address, log_to_driver=True)
         return False
     local_worker_priority()
+    local_worker_malloc()
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     return True
 
@@ -34,6 +38,46 @@ def local_worker_priority() -> None:
     same call in the driver (benchmarks/bench_split_folder.py). Call before `ray.init`; a value
     the user set in the environment wins. Clusters keep Ray's setting (docs/scale.md)."""
     os.environ.setdefault("RAY_worker_niceness", "0")
+
+
+def local_worker_malloc() -> None:
+    """An embedded Ray's workers use at most two glibc malloc arenas (`MALLOC_ARENA_MAX=2`).
+    glibc gives each thread that allocates its own arena, up to 8 per core; a model actor's
+    torch and FFmpeg threads leave freed memory spread over them that the process keeps: 150 MB
+    of the VAE actor's heap in a tiny-model run (benchmarks/bench_memory.py). Workers inherit the
+    variable from the driver when `ray.init` starts them; the driver's own malloc is already set
+    up and keeps its arenas. A value the user set wins; clusters keep theirs (docs/scale.md)."""
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+
+
+def wait_for_local_actors_to_exit(class_names: list[str], timeout_s: float = 30.0) -> float:
+    """Wait until no process on this machine is an actor of `class_names` (Ray titles an actor's
+    process `ray::<class>`; Ray Data's pools `ray::MapWorker(MapBatches(<class>))`); returns
+    the seconds waited. Ray Data lets a finished pool's actors go by dropping their handles, and
+    a process that holds torch and a model takes a second or more to exit: without this wait the
+    next pass's model actor was loading while the last one still held its memory, the run's peak
+    (docs/scale.md, "One model process at a time"). For an embedded Ray, where every such process
+    is this run's; a cluster's nodes free GPUs through Ray's own resource accounting."""
+    if not class_names:
+        return 0.0
+    gc.collect()  # handles caught in reference cycles would keep the actors alive
+    marks = tuple(f"({name})" for name in class_names) + tuple(f"ray::{name}" for name in class_names)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if not any(_is_actor_process(proc, marks) for proc in psutil.process_iter()):
+            break
+        time.sleep(0.1)
+    else:
+        log.warning("latentforge: %s actors still running %.0f s after their pass ended; going on", ", ".join(class_names), timeout_s)
+    return time.monotonic() - started
+
+
+def _is_actor_process(proc: psutil.Process, marks: tuple[str, ...]) -> bool:
+    try:
+        title = (proc.cmdline() or [""])[0]
+    except psutil.Error:
+        return False
+    return title.startswith("ray::") and any(mark in title.split(" ")[0] for mark in marks)
 
 
 def cluster_has_gpus() -> bool:

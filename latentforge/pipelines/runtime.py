@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import ray
 
-from latentforge.cluster import cluster_has_gpus, connect
+from latentforge.cluster import cluster_has_gpus, connect, wait_for_local_actors_to_exit
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.formats.shards import ERRORS
@@ -181,13 +181,13 @@ def start(cfg: PipelineConfig, new_run: bool = True) -> Job:
     """Connect (or start an embedded Ray), set the data context, decide GPUs; a new run of a
     pipeline also clears the errors of the last one (an export of an output keeps them)."""
     started = time.time()
-    connect(cfg.ray.address, cfg.ray.num_cpus)
+    embedded = connect(cfg.ray.address, cfg.ray.num_cpus)
     connected = time.time() - started
     configure_data_context(cfg)
     use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else bool(cfg.ray.use_gpus)
     if new_run:
         clear_errors(cfg)
-    job = Job(cfg, use_gpus, started=started)
+    job = Job(cfg, use_gpus, started=started, embedded=embedded)
     job.state["ray_start_seconds"] = round(connected, 3)
     return job
 
@@ -268,6 +268,8 @@ def execute(stages: list[Stage], job: Job) -> Job:
                 for stage in rest:
                     if stage.kind == "write":
                         apply(stage, ds, job)
+                if job.embedded:  # one model process at a time on this machine (docs/scale.md)
+                    wait_for_local_actors_to_exit([stage.op.__name__ for stage in rest if stage.kind == "actors"])
         except Exception as e:
             own = user_error(e)
             if own is None or own is e:

@@ -35,7 +35,8 @@ DRIVER = Resources(num_cpus=0)
 class Job:
     """One run of a pipeline: its config, whether model actors get GPUs, and what the driver
     learns on the way (`state`: what stages' setup found; `results`: what each sink counted;
-    `phase_seconds`: wall time of each pass). `plan` builds one too, without running anything."""
+    `phase_seconds`: wall time of each pass; `embedded`: the run started its own local Ray).
+    `plan` builds one too, without running anything."""
 
     cfg: Any
     use_gpus: bool
@@ -43,6 +44,7 @@ class Job:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    embedded: bool = False
 
 
 def always(cfg: Any) -> bool:

@@ -1,0 +1,57 @@
+"""The embedded Ray's process settings: one model process at a time, bounded malloc arenas."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import psutil
+
+
+def probe_actor(ray):
+    """An actor of a class named like a model stage: the wait matches actors by class name. Made
+    inside a function so Ray ships the class by value (the test module is not on the workers)."""
+
+    class WaitProbeStage:
+        def pid(self) -> int:
+            return os.getpid()
+
+    return ray.remote(num_cpus=0)(WaitProbeStage).remote()
+
+
+def test_next_pass_waits_for_the_last_pass_model_actors_to_exit(ray_local):
+    """Ray Data lets a finished pool's actors go by dropping their handles; the process (torch and
+    a model) then exits on its own time. The wait returns once it is gone, so the next pass's
+    model does not load beside it (the run's memory peak, docs/scale.md)."""
+    from latentforge.cluster import wait_for_local_actors_to_exit
+
+    actor = probe_actor(ray_local)
+    pid = ray_local.get(actor.pid.remote())
+    assert psutil.Process(pid).cmdline()[0].startswith("ray::WaitProbeStage")
+    del actor
+    wait_for_local_actors_to_exit(["WaitProbeStage"], timeout_s=30)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_wait_is_bounded_and_says_which_actors_stayed(ray_local, caplog):
+    from latentforge.cluster import wait_for_local_actors_to_exit
+
+    actor = probe_actor(ray_local)
+    pid = ray_local.get(actor.pid.remote())
+    with caplog.at_level(logging.WARNING):
+        waited = wait_for_local_actors_to_exit(["WaitProbeStage"], timeout_s=0.5)
+    assert waited >= 0.5 and psutil.pid_exists(pid)
+    assert "WaitProbeStage actors still running" in caplog.text
+    assert wait_for_local_actors_to_exit(["NoSuchStage"], timeout_s=5) < 1  # nothing to wait for
+    ray_local.kill(actor)
+
+
+def test_embedded_workers_get_two_malloc_arenas_unless_the_user_chose(monkeypatch):
+    from latentforge.cluster import local_worker_malloc
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    local_worker_malloc()
+    assert os.environ["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    local_worker_malloc()
+    assert os.environ["MALLOC_ARENA_MAX"] == "8"
