@@ -188,6 +188,26 @@ def test_prepare_runs_in_its_own_tasks_not_in_the_vae_actor(ray_local, tmp_path,
         assert runtime.cpu_actors_per_node(1) == 1
 
 
+def test_consecutive_row_stages_run_as_one_task_per_block(ray_local, tmp_path):
+    """probe -> bucket -> finalize_caption -> prepare share one task per block: Ray Data fuses
+    map stages whose Ray arguments are equal, so they get the largest of theirs. Separate, each
+    was an operator with its own share of Ray Data's reservation and its own trip through the
+    object store, and on 2 CPUs `prepare` ran one task at a time (docs/scale.md). The plan shows
+    what Ray gets."""
+    cfg = load_config(None, [], input=str(tmp_path / "x.jsonl"), output=str(tmp_path / "out"), model="tiny-wan2.1", buckets=BUCKETS)
+    job = Job(cfg, False)
+    video_pass = runtime.passes(active(precompute.STAGES, cfg))[0]
+    shared = runtime.row_task_args(video_pass, job)
+    assert runtime.ray_args(next(s for s in video_pass if s.name == "finalize_caption"), job) == {"num_cpus": 0.25}
+    assert {name: shared[name] for name in ("probe", "bucket", "finalize_caption", "prepare")} == dict.fromkeys(
+        ("probe", "bucket", "finalize_caption", "prepare"), {"num_cpus": 1.0}
+    )
+    ds = runtime.dataset(video_pass, job, [{"media_path": "a.mp4", "uri": str(tmp_path / "a.mp4")}])
+    assert "TaskPoolMapOperator[Map(probe)->Map(bucket_and_skip)->Map(finalize_caption)->Map(prepare)]" in _explain(ds)
+    lines = {line.name: line.resources for line in runtime.plan(precompute.STAGES, job)}
+    assert lines["finalize_caption"] == lines["prepare"] == "1 CPU/task"
+
+
 def test_cpu_model_actors_compute_on_every_cpu_of_the_node(ray_local):
     """Ray gives a 1-CPU actor OMP_NUM_THREADS=1; on CPU-only runs the encoders set torch's threads
     to the node's CPUs (divided among the pool's actors on a node) instead."""

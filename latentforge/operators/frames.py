@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from latentforge.buckets import Bucket, available_frames, choose_bucket, cover_resize, frame_indices, frame_step
@@ -32,6 +33,7 @@ NO_FRAMES = np.zeros((0, 0, 0, 3), dtype=np.uint8)
 FRAMES_FOR = "_frames_for"
 
 _AV_FILTERS = {"area": "AREA", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
+SCALER_THREADS = 1  # a task holds one CPU; the scaler's slice threads only add hand-offs (benchmarks/bench_overlap.py)
 _PIL_FILTERS = {
     "area": Image.Resampling.BOX,
     "bilinear": Image.Resampling.BILINEAR,
@@ -78,11 +80,16 @@ class BucketFramer:
     stored orientation), then rotation and the center crop. The one rule for `prepare` and for
     the frames split_scenes makes during detection, so both give the same bytes."""
 
-    def __init__(self, bucket: Bucket, rotation: int = 0, resize_filter: str = "area"):
+    def __init__(self, bucket: Bucket, rotation: int = 0, resize_filter: str = "area", threads: int = SCALER_THREADS):
         self.bucket = bucket
         self.quarter_turns = (int(rotation or 0) // 90) % 4
         self.interpolation = _AV_FILTERS[resize_filter]
         self.plan: Any = None
+        # One scaler for every frame: `frame.to_ndarray(width=...)` makes a new one per frame,
+        # and FFmpeg's scaler starts and joins its slice threads each time (a quarter of
+        # prepare's CPU in a profile, docs/benchmarks.md).
+        self.reformatter = VideoReformatter()
+        self.threads = threads
 
     def __call__(self, frame: Any) -> np.ndarray:
         turned = self.quarter_turns % 2
@@ -93,7 +100,7 @@ class BucketFramer:
         sw, sh = self.plan.resize_width, self.plan.resize_height
         if turned:
             sw, sh = sh, sw
-        rgb = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation=self.interpolation)
+        rgb = self.reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation=self.interpolation, threads=self.threads).to_ndarray()
         if self.quarter_turns:
             rgb = np.rot90(rgb, k=self.quarter_turns)
         return _crop(rgb, self.bucket, self.plan.left, self.plan.top)
@@ -116,33 +123,39 @@ def decode_video_frames(
     presentation times), so a span deep in a long file costs one GOP, not the prefix, and
     detection's frames are these frames.
     """
-    wanted = set(indices)
-    last = max(wanted)
-    out: dict[int, np.ndarray] = {}
+    slots: dict[int, list[int]] = {}  # source frame index -> its places in the clip
+    for place, index in enumerate(indices):
+        slots.setdefault(index, []).append(place)
+    last = max(slots)
+    clip: np.ndarray | None = None  # filled as frames decode: no list of frames, no stacking copy
+    found: set[int] = set()
     to_bucket = BucketFramer(bucket, rotation, resize_filter)
     counts: dict[str, int] = {}
     shown, current = None, None
     with av.open(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for index, frame in iter_indexed_frames(container, stream, min(start_frame, min(wanted)), counts):
-            if index in wanted:
+        for index, frame in iter_indexed_frames(container, stream, min(start_frame, min(slots)), counts):
+            if index in slots:
                 if frame is not shown:  # a slot a variable rate skipped reuses the next frame's image
                     shown, current = frame, to_bucket(frame)
-                out[index] = current
+                if clip is None:
+                    clip = np.empty((len(indices), *current.shape), dtype=np.uint8)
+                clip[slots[index]] = current
+                found.add(index)
             if index >= last:
                 break
         if then is not None:
             then(container, stream)
     if stats is not None:
         stats["decoded"] = counts.get("decoded", 0)
-    missing = sorted(wanted.difference(out))
+    missing = sorted(set(slots).difference(found))
     if missing:
         raise ValueError(
-            f"decoded {len(out)} of {len(wanted)} needed frames; the file ends before frame {missing[0]} "
+            f"decoded {len(found)} of {len(slots)} needed frames; the file ends before frame {missing[0]} "
             "(the container's frame count is larger than what decodes)"
         )
-    return np.ascontiguousarray(np.stack([out[i] for i in indices]))
+    return clip
 
 
 def load_image(source: Any, bucket: Bucket, resize_filter: str = "area") -> np.ndarray:

@@ -82,6 +82,34 @@ def ray_args(stage: Stage, job: Job) -> dict[str, Any]:
     return args
 
 
+# Sink write tasks hold no CPU: they encode a block's latents or embeddings (a few ms per row)
+# and wait on storage. A 1-CPU write (Ray Data's default) kept a core of a small machine from
+# decoding, and Ray Data's per-operator reservation then ran one `prepare` at a time (docs/scale.md).
+WRITE_CPUS = 0
+ROW_TASKS = ("map", "flat_map")
+
+
+def row_task_args(stages: list[Stage], job: Job) -> dict[str, dict[str, Any]]:
+    """Ray arguments of the map and flat_map stages: consecutive ones share the largest of theirs,
+    so Ray Data fuses them into one task per block (probe -> bucket -> finalize_caption ->
+    prepare is one task). Separate, each was its own operator with its own share of Ray Data's
+    reservation and its own trip through the object store (docs/scale.md, "One task for
+    consecutive row stages")."""
+    shared: dict[str, dict[str, Any]] = {}
+    run: list[Stage] = []
+    for stage in [*stages, None]:
+        if stage is not None and stage.kind in ROW_TASKS:
+            run.append(stage)
+            continue
+        merged: dict[str, Any] = {}
+        for member in run:
+            for key, value in ray_args(member, job).items():
+                merged[key] = max(merged.get(key, 0), value)
+        shared.update({member.name: merged for member in run})
+        run = []
+    return shared
+
+
 def pool_size(stage: Stage, job: Job) -> tuple[int, int | None]:
     """(min, max) actors of a pool; max None lets Ray Data's autoscaling actor pool grow.
 
@@ -127,11 +155,11 @@ def cpu_actors_per_node(max_actors: int) -> int:
     return max(1, math.ceil(max_actors / cpu_nodes()))
 
 
-def describe_resources(stage: Stage, job: Job) -> str:
-    """`plan`'s resources column, made from `ray_args` so it says what Ray gets."""
+def describe_resources(stage: Stage, job: Job, shared: dict[str, dict[str, Any]] | None = None) -> str:
+    """`plan`'s resources column, made from `ray_args` (and `row_task_args`) so it says what Ray gets."""
     if stage.kind in ("source", "write"):
         return "-"
-    args = ray_args(stage, job)
+    args = (shared or {}).get(stage.name) or ray_args(stage, job)
     if stage.kind != "actors":
         gpus = f", {args['num_gpus']:g} GPU" if args.get("num_gpus") else ""
         return f"{args['num_cpus']:g} CPU{gpus}/task"
@@ -147,7 +175,9 @@ def describe_resources(stage: Stage, job: Job) -> str:
 
 def plan(stages: list[Stage], job: Job) -> list[StagePlan]:
     """The stages this config runs, as `run` would run them, without running anything."""
-    return [StagePlan(s.name, s.ray_name, describe_resources(s, job), s.describe(job)) for s in active(stages, job.cfg)]
+    stages = active(stages, job.cfg)
+    shared = {name: args for stages_of_pass in passes(stages) for name, args in row_task_args(stages_of_pass, job).items()}
+    return [StagePlan(s.name, s.ray_name, describe_resources(s, job, shared), s.describe(job)) for s in stages]
 
 
 def gpu_fit_problem(stages_of_pass: list[Stage], job: Job) -> str | None:
@@ -209,18 +239,19 @@ def passes(stages: list[Stage]) -> list[list[Stage]]:
     return out
 
 
-def apply(stage: Stage, ds: Any, job: Job) -> Any:
-    """One stage onto a Ray Dataset."""
+def apply(stage: Stage, ds: Any, job: Job, resources: dict[str, Any] | None = None) -> Any:
+    """One stage onto a Ray Dataset; `resources` replaces the stage's own Ray arguments (a map
+    that shares a task with its neighbours, `row_task_args`)."""
     if stage.kind == "write":
         sink = stage.op(**stage.args(job))
         sink.progress = job.state.get("progress")  # rows finished -> progress lines, run.json's timeline
-        ds.write_datasink(sink)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
         job.results[stage.name] = sink.result
         if stage.after is not None:
             stage.after(job)
         return ds
     kwargs = stage.args(job)
-    resources = ray_args(stage, job)
+    resources = resources or ray_args(stage, job)
     if stage.kind == "map":
         return ds.map(stage.op, fn_kwargs=kwargs, **resources)
     if stage.kind == "flat_map":
@@ -243,9 +274,10 @@ def apply(stage: Stage, ds: Any, job: Job) -> Any:
 def dataset(stages_of_pass: list[Stage], job: Job, rows: Any) -> Any:
     """A pass's rows through its stages up to (not including) its write: a lazy Ray Dataset."""
     ds = rows if isinstance(rows, ray.data.Dataset) else ray.data.from_items(rows)
+    shared = row_task_args(stages_of_pass, job)
     for stage in stages_of_pass:
         if stage.kind not in ("source", "write"):
-            ds = apply(stage, ds, job)
+            ds = apply(stage, ds, job, shared.get(stage.name))
     return ds
 
 
