@@ -94,6 +94,9 @@ def test_rerun_skips_what_was_captioned_and_a_stopped_job_resumes(captioned):
 
     again = run(cfg)
     assert again["counts"]["captioned"] == 0
+    # nothing left to caption: the captioner's actor never loads its model (lazy, issue 13)
+    assert first["stage_seconds"].get("caption_model_load", 0) > 0
+    assert again["stage_seconds"].get("caption_model_load", 0) == 0
     assert again["counts"]["captions_from_earlier_runs"] == 4 and again["counts"]["captions_kept"] == 1
     assert (folder / "captions.jsonl").read_text() == before
     assert sorted(Path(cfg.output, PARTS).glob("part-*.jsonl")) == parts  # nothing written twice
