@@ -55,3 +55,16 @@ def test_embedded_workers_get_two_malloc_arenas_unless_the_user_chose(monkeypatc
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     local_worker_malloc()
     assert os.environ["MALLOC_ARENA_MAX"] == "8"
+
+
+def test_embedded_ray_keeps_idle_workers_for_the_cpu_less_tasks(monkeypatch):
+    """Sink writes and the read hold no CPU; without room for their workers Ray killed and
+    restarted a worker (its imports) for each."""
+    from latentforge.cluster import local_worker_pool
+
+    monkeypatch.delenv("RAY_num_workers_soft_limit", raising=False)
+    local_worker_pool(2)
+    assert os.environ["RAY_num_workers_soft_limit"] == "4"
+    monkeypatch.setenv("RAY_num_workers_soft_limit", "1")
+    local_worker_pool(16)
+    assert os.environ["RAY_num_workers_soft_limit"] == "1"

@@ -27,6 +27,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     local_worker_priority()
     local_worker_malloc()
+    local_worker_pool(num_cpus or os.cpu_count() or 1)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     return True
 
@@ -48,6 +49,16 @@ def local_worker_malloc() -> None:
     variable from the driver when `ray.init` starts them; the driver's own malloc is already set
     up and keeps its arenas. A value the user set wins; clusters keep theirs (docs/scale.md)."""
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+
+
+def local_worker_pool(cpus: int) -> None:
+    """An embedded Ray keeps two idle workers more than it has CPUs (`RAY_num_workers_soft_limit`,
+    Ray's default: as many as CPUs). A run's CPU-less tasks (sink writes, the read) run beside
+    one decoding task per CPU; with the default, Ray killed the worker that went idle and started
+    a new one (a process start and its imports, 1-2 CPU-s here) for the next task, over and over:
+    12% of `prepare`'s throughput on 2 CPUs (docs/scale.md, "Worker pool"). A value the user set
+    wins; clusters keep theirs."""
+    os.environ.setdefault("RAY_num_workers_soft_limit", str(cpus + 2))
 
 
 def wait_for_local_actors_to_exit(class_names: list[str], timeout_s: float = 30.0) -> float:
