@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from latentforge.operators.base import Resources
+from latentforge.operators.base import Resources, settle_after_load
 from latentforge.operators.captioning import STAGE, CaptionOptions, caption_prompt, clean_output
 from latentforge.operators.devices import default_device
 from latentforge.rows import has_value, object_column
@@ -143,6 +143,7 @@ class TransformersCaptioner(CaptionActorBase):
         )
         self.generator = generation_model(self.model, self.family)
         self.hears_audio = self.family == "qwen2.5-omni" and not options.no_audio
+        settle_after_load()
 
     # -- inputs ----------------------------------------------------------------------------
 

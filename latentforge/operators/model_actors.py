@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from latentforge.operators.base import MODEL_RESOURCES
+from latentforge.operators.base import MODEL_RESOURCES, settle_after_load
 
 
 class _InActor:
@@ -31,6 +31,7 @@ class VideoEncodeStage(_InActor):
         from latentforge.operators.vae import VideoEncodeStage as Stage
 
         self.stage = Stage(**kwargs)
+        settle_after_load()
 
 
 class TextEncodeStage(_InActor):
@@ -40,3 +41,4 @@ class TextEncodeStage(_InActor):
         from latentforge.operators.text import TextEncodeStage as Stage
 
         self.stage = Stage(**kwargs)
+        settle_after_load()

@@ -285,10 +285,12 @@ def execute(stages: list[Stage], job: Job) -> Job:
     """Run every pass of the active stages in order. A pass whose source has no rows is skipped
     (nothing to do: an output that is complete, or a text pass with no new caption). A config or
     input problem that a Ray task found is raised as itself, without Ray's wrapping."""
+    leaving: list[str] = []  # model actor classes of finished passes, whose processes may still be exiting
     for stages_of_pass in passes(active(stages, job.cfg)):
         if (misfit := gpu_fit_problem(stages_of_pass, job)) is not None:
             raise ConfigError(misfit)  # before any actor waits for a GPU that never comes
         source, rest = stages_of_pass[0], stages_of_pass[1:]
+        actors = [stage.op.__name__ for stage in rest if stage.kind == "actors"]
         t0 = time.perf_counter()
         try:
             rows = source.read(job)
@@ -296,12 +298,14 @@ def execute(stages: list[Stage], job: Job) -> Job:
                 if stage.setup is not None:
                     stage.setup(job)
             if isinstance(rows, ray.data.Dataset) or rows:  # a source may hand over a Ray Dataset
+                if job.embedded and actors and leaving:  # one model process at a time on this machine (docs/scale.md)
+                    wait_for_local_actors_to_exit(leaving)
+                    leaving = []
                 ds = dataset(rest, job, rows)
                 for stage in rest:
                     if stage.kind == "write":
                         apply(stage, ds, job)
-                if job.embedded:  # one model process at a time on this machine (docs/scale.md)
-                    wait_for_local_actors_to_exit([stage.op.__name__ for stage in rest if stage.kind == "actors"])
+                leaving += actors
         except Exception as e:
             own = user_error(e)
             if own is None or own is e:
