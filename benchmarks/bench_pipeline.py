@@ -4,9 +4,11 @@ Both sides get the same generated dataset (clips of several aspect ratios and le
 image, an LTX-2 style dataset.jsonl where some captions repeat), the same buckets and the same
 tiny random-weight model (`tiny-wan2.1` unless --model), built once before anything is timed.
 
-- pipeline   `ray.init(num_cpus=os.cpu_count())`, then latentforge.pipelines.precompute.run(cfg)
-             with cfg = load_config(None, [], input=, output=, model=, buckets=) (+ --set ...).
-             "end to end" = ray.init + run; "after ray.init" = run alone.
+- pipeline   latentforge.pipelines.run(cfg), which starts the embedded Ray as `latentforge run`
+             does, with cfg = load_config(None, [], input=, output=, model=, buckets=) (+ --set ...).
+             "end to end" = the whole run; "after ray.init" = without run.json's `ray_start`.
+             Also printed: run.json's fixed cost (to the first latent row) and the seconds per
+             clip after it.
 - baseline   what trainers' preprocessing scripts do, one sample at a time in one process:
              load the VAE and text pipeline once (latentforge.models), then per manifest row:
              open with PyAV, pick the bucket from the stream size (latentforge.buckets), decode
@@ -124,12 +126,11 @@ def run_pipeline(args) -> dict:
 
     cfg = load_config(None, list(args.set), input=args.manifest, output=args.out, model=args.model, buckets=args.buckets)
     cpu = TreeCPU()
-    t0 = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)  # as cluster.connect does
     ray.data.DataContext.get_current().enable_progress_bars = False
-    t1 = time.perf_counter()
-    summary = run(cfg)
+    t0 = time.perf_counter()
+    summary = run(cfg)  # starts the embedded Ray, with its settings, as `latentforge run` does
     t2 = time.perf_counter()
+    t1 = t0 + (summary.get("fixed_cost_seconds", {}).get("ray_start") or 0.0)
     cpu_seconds = cpu.total()
     ray.shutdown()
     c = summary["counts"]
@@ -144,7 +145,21 @@ def run_pipeline(args) -> dict:
         "embeddings": c.get("embeddings_written", 0),
         "errors": c["errors"],
         "cpu": cpu_seconds,
+        "fixed_cost": summary.get("fixed_cost_seconds", {}),
+        "per_clip": per_clip_seconds(summary.get("timeline", {}), c["latents_written"]),
     }
+
+
+def per_clip_seconds(timeline: dict, latents: int) -> float | None:
+    """Seconds per latent once they flow: from the first latent row to the end of the last
+    time bin with one (run.json's timeline; bins of 1 s on a short run), over the latents after
+    the first. The fixed cost before the first row is run.json's `fixed_cost_seconds`."""
+    bins = (timeline.get("rows") or {}).get("latents") or []
+    first = (timeline.get("first_row_seconds") or {}).get("latents")
+    if first is None or latents < 2 or not any(bins):
+        return None
+    last = (max(i for i, n in enumerate(bins) if n) + 1) * timeline["bin_seconds"]
+    return max(0.0, last - first) / (latents - 1)
 
 
 def run_baseline(args) -> dict:
@@ -272,6 +287,9 @@ def main() -> None:
             p = results["pipeline"]
             print(f"\npipeline: ray.init {p['ray_init']:.1f}s, video pass {p['phases']['video']:.1f}s, "
                   f"text pass {p['phases']['text']:.1f}s, ray.shutdown {p['ray_shutdown']:.1f}s")
+            fixed = ", ".join(f"{k} {v:.1f}s" for k, v in p["fixed_cost"].items() if v is not None)
+            per_clip = f"{p['per_clip']:.2f}s per clip after the first latent" if p["per_clip"] is not None else "per clip: n/a"
+            print(f"pipeline fixed cost (run.json, from the run's start): {fixed}; then {per_clip}")
             stages = ", ".join(f"{k} {v:.1f}s" for k, v in p["stage_seconds"].items())
             print(f"pipeline stage seconds (summed over rows, from run.json): {stages}")
             for i, plan in enumerate(p["plans"]):
