@@ -10,6 +10,8 @@ probe, bucket, prepare's decode and resize), and its latents go through the real
 - sequential   what a trainer's preprocessing script does, one clip at a time in one process:
                probe + bucket + prepare (`load_frames`), then the accelerator's time (a sleep).
                It measures prepare's CPU seconds per clip on this machine.
+- parallel     probe + prepare over the clips in as many plain processes as cores, no Ray: what
+               this machine's CPUs decode when all of them work, the CPU side's real ceiling.
 - pipeline     `latentforge run`'s video pass (pipelines.runtime.run with the stand-in), the
                embedded Ray started by the run, as a user runs it, text pass off.
 
@@ -120,8 +122,10 @@ def sequential(manifest: Path, accel: float | None) -> tuple[float, float, int]:
 
 
 def _import_stages() -> None:
-    import latentforge.operators.frames  # noqa: F401 - each pool process imports once, before the clock
-    import latentforge.operators.probe  # noqa: F401
+    """Each pool process imports the stages once, before the clock starts."""
+    from latentforge.operators import frames, probe
+
+    assert frames and probe
 
 
 def _prepare_share(args: tuple[str, int, int]) -> int:
