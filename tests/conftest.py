@@ -42,12 +42,10 @@ def ray_local():
     """One local Ray for the whole session, 2 CPUs as on the CI machine."""
     import ray
 
-    from latentforge.cluster import local_worker_malloc, local_worker_pool, local_worker_priority
+    from latentforge.cluster import local_worker_env
 
     if not ray.is_initialized():
-        local_worker_priority()
-        local_worker_malloc()
-        local_worker_pool(2)
+        local_worker_env(2)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     from ray.data import DataContext
 

@@ -25,11 +25,17 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    local_worker_priority()
-    local_worker_malloc()
-    local_worker_pool(num_cpus or os.cpu_count() or 1)
+    local_worker_env(num_cpus or os.cpu_count() or 1)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     return True
+
+
+def local_worker_env(cpus: int) -> None:
+    """What an embedded Ray's workers inherit from the environment (each below; a value the user
+    set wins). Call before `ray.init`: the workers get the driver's environment when it starts them."""
+    local_worker_priority()
+    local_worker_malloc()
+    local_worker_pool(cpus)
 
 
 def local_worker_priority() -> None:
@@ -64,10 +70,11 @@ def local_worker_pool(cpus: int) -> None:
 def wait_for_local_actors_to_exit(class_names: list[str], timeout_s: float = 30.0) -> float:
     """Wait until no process on this machine is an actor of `class_names` (Ray titles an actor's
     process `ray::<class>`; Ray Data's pools `ray::MapWorker(MapBatches(<class>))`); returns
-    the seconds waited. Ray Data lets a finished pool's actors go by dropping their handles, and
-    a process that holds torch and a model takes a second or more to exit: without this wait the
-    next pass's model actor was loading while the last one still held its memory, the run's peak
-    (docs/scale.md, "One model process at a time"). For an embedded Ray, where every such process
+    the seconds waited. Ray Data lets a finished pool's actors go by dropping their handles and
+    the process exits on its own time (1-1.5 s for one holding torch and a model, before
+    `operators.base.settle_after_load`): without this wait the next pass's model actor loaded
+    while the last one still held its memory, the run's peak (docs/scale.md, "One model process
+    at a time"). For an embedded Ray, where every such process
     is this run's; a cluster's nodes free GPUs through Ray's own resource accounting."""
     if not class_names:
         return 0.0
