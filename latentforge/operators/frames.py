@@ -80,7 +80,7 @@ class BucketFramer:
     stored orientation), then rotation and the center crop. The one rule for `prepare` and for
     the frames split_scenes makes during detection, so both give the same bytes."""
 
-    def __init__(self, bucket: Bucket, rotation: int = 0, resize_filter: str = "area", threads: int = SCALER_THREADS):
+    def __init__(self, bucket: Bucket, rotation: int = 0, resize_filter: str = "area"):
         self.bucket = bucket
         self.quarter_turns = (int(rotation or 0) // 90) % 4
         self.interpolation = _AV_FILTERS[resize_filter]
@@ -89,7 +89,6 @@ class BucketFramer:
         # and FFmpeg's scaler starts and joins its slice threads each time (a quarter of
         # prepare's CPU in a profile, docs/benchmarks.md).
         self.reformatter = VideoReformatter()
-        self.threads = threads
 
     def __call__(self, frame: Any) -> np.ndarray:
         turned = self.quarter_turns % 2
@@ -100,7 +99,7 @@ class BucketFramer:
         sw, sh = self.plan.resize_width, self.plan.resize_height
         if turned:
             sw, sh = sh, sw
-        rgb = self.reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation=self.interpolation, threads=self.threads).to_ndarray()
+        rgb = self.reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation=self.interpolation, threads=SCALER_THREADS).to_ndarray()
         if self.quarter_turns:
             rgb = np.rot90(rgb, k=self.quarter_turns)
         return _crop(rgb, self.bucket, self.plan.left, self.plan.top)
