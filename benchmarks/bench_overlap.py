@@ -98,27 +98,36 @@ def config(manifest: Path, out: Path):
     return load_config(None, sets, input=str(manifest), output=str(out), model="tiny", buckets=BUCKETS)
 
 
-def sequential(manifest: Path, accel: float | None) -> tuple[float, float, int]:
-    """(wall seconds with the accelerator's sleeps, prepare CPU seconds per clip, clips)."""
-    from latentforge.formats.manifests import read_manifest
+def prepare_clip(row: dict, buckets: list) -> None:
+    """What the pipeline's probe, bucket and prepare stages do to one row, in this process; both
+    baselines below run it."""
     from latentforge.operators import frames as frames_op
     from latentforge.operators.probe import probe
 
-    cfg = config(manifest, Path("unused"))
-    rows = read_manifest(str(manifest))
+    prepared = frames_op.load_frames(frames_op.assign_bucket(probe(row), buckets, None))
+    if prepared.get("error"):
+        raise RuntimeError(prepared["error"])
+
+
+def clips(manifest: Path) -> tuple[list[dict], list]:
+    """The manifest's rows and the benchmark's buckets."""
+    from latentforge.formats.manifests import read_manifest
+
+    return read_manifest(str(manifest)), config(manifest, Path("unused")).bucket_list()
+
+
+def sequential(manifest: Path, accel: float | None) -> tuple[float, float, int]:
+    """(wall seconds with the accelerator's sleeps, prepare CPU seconds per clip, clips)."""
+    rows, buckets = clips(manifest)
     cpu = wall = 0.0
-    n = 0
     for row in rows:
         c0, t0 = time.process_time(), time.perf_counter()
-        prepared = frames_op.load_frames(frames_op.assign_bucket(probe(row), cfg.bucket_list(), None))
+        prepare_clip(row, buckets)
         cpu += time.process_time() - c0
-        if prepared.get("error"):
-            raise RuntimeError(prepared["error"])
         if accel:
             time.sleep(accel)
         wall += time.perf_counter() - t0
-        n += 1
-    return wall, cpu / n, n
+    return wall, cpu / len(rows), len(rows)
 
 
 def _import_stages() -> None:
@@ -130,15 +139,10 @@ def _import_stages() -> None:
 
 def _prepare_share(args: tuple[str, int, int]) -> int:
     manifest, share, shares = args
-    from latentforge.formats.manifests import read_manifest
-    from latentforge.operators import frames as frames_op
-    from latentforge.operators.probe import probe
-
-    cfg = config(Path(manifest), Path("unused"))
-    rows = read_manifest(manifest)[share::shares]
-    for row in rows:
-        frames_op.load_frames(frames_op.assign_bucket(probe(row), cfg.bucket_list(), None))
-    return len(rows)
+    rows, buckets = clips(Path(manifest))
+    for row in rows[share::shares]:
+        prepare_clip(row, buckets)
+    return len(rows[share::shares])
 
 
 def prepare_on_all_cores(manifest: Path, cores: int) -> float:
