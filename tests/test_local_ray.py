@@ -58,7 +58,7 @@ def test_embedded_workers_get_two_malloc_arenas_unless_the_user_chose(monkeypatc
 
 
 def test_embedded_ray_keeps_idle_workers_for_the_cpu_less_tasks(monkeypatch):
-    """Sink writes and the read hold no CPU; without room for their workers Ray killed and
+    """The read and the light stages hold less than a CPU; without room for their workers Ray killed and
     restarted a worker (its imports) for each."""
     from latentforge.cluster import local_worker_pool
 

@@ -59,7 +59,7 @@ def local_worker_malloc() -> None:
 
 def local_worker_pool(cpus: int) -> None:
     """An embedded Ray keeps two idle workers more than it has CPUs (`RAY_num_workers_soft_limit`,
-    Ray's default: as many as CPUs). A run's CPU-less tasks (sink writes, the read) run beside
+    Ray's default: as many as CPUs). A run's tasks that hold less than a CPU (the read, light stages) run beside
     one decoding task per CPU; with the default, Ray killed the worker that went idle and started
     a new one (a process start and its imports, 1-2 CPU-s here) for the next task, over and over:
     12% of `prepare`'s throughput on 2 CPUs (docs/scale.md, "Worker pool"). A value the user set

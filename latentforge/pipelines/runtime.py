@@ -82,10 +82,6 @@ def ray_args(stage: Stage, job: Job) -> dict[str, Any]:
     return args
 
 
-# Sink write tasks hold no CPU: they encode a block's latents or embeddings (a few ms per row)
-# and wait on storage. A 1-CPU write (Ray Data's default) kept a core of a small machine from
-# decoding, and Ray Data's per-operator reservation then ran one `prepare` at a time (docs/scale.md).
-WRITE_CPUS = 0
 ROW_TASKS = ("map", "flat_map")
 
 
@@ -245,7 +241,7 @@ def apply(stage: Stage, ds: Any, job: Job, resources: dict[str, Any] | None = No
     if stage.kind == "write":
         sink = stage.op(**stage.args(job))
         sink.progress = job.state.get("progress")  # rows finished -> progress lines, run.json's timeline
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+        ds.write_datasink(sink)
         job.results[stage.name] = sink.result
         if stage.after is not None:
             stage.after(job)
