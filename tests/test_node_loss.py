@@ -1,9 +1,14 @@
 """A worker node lost while the model stage runs (issue 11): on a three-node
-`ray.cluster_utils.Cluster` (a head and two 1-CPU workers), a worker node is removed mid-run
-(the one holding a VAE actor as soon as one is up there, else a worker once latents are being
-written; the result says which); Ray Data restarts the actor elsewhere and redoes
-the lost work, and the job ends with every input row exactly once (a latent or an error row),
-byte-equal to a run on one machine.
+`ray.cluster_utils.Cluster` (a head that runs no work and two 2-CPU workers, one VAE actor), a
+worker node is removed mid-run (the one holding the VAE actor as soon as it is up, else a worker
+once latents are being written; the result says which); Ray Data restarts the actor elsewhere and
+Ray rebuilds the decoded blocks that were stored on the lost node, and the job ends with every
+input row exactly once (a latent or an error row), byte-equal to a run on one machine.
+
+The surviving worker keeps a CPU beside the restarted actor on purpose: Ray rebuilds a lost block
+by rerunning the 1-CPU decode task that made it, and CPU-only VAE actors holding every CPU left
+would wait forever for blocks that no task can rebuild (docs/scale.md, "Node loss and CPU-only
+actor pools").
 
 The scenario runs in a subprocess (this file as a script), never beside the session's local
 Ray; `Cluster.shutdown` stops only the processes it started.
@@ -88,8 +93,8 @@ def scenario(root: Path) -> dict:
 
     model_root("tiny")
     manifest = root / "media" / "dataset.jsonl"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # actors land on workers
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     out: dict = {"removed_node": None, "latents_when_removed": None}
     try:
@@ -97,7 +102,7 @@ def scenario(root: Path) -> dict:
         ray.data.DataContext.get_current().enable_progress_bars = False
         cfg = load_config(
             None,
-            ["ray.use_gpus=false", f"ray.address={cluster.address}", "encode_video.batch_size=1", "encode_video.max_actors=2",
+            ["ray.use_gpus=false", f"ray.address={cluster.address}", "encode_video.batch_size=1", "encode_video.max_actors=1",
              "ray.no_progress_timeout_s=200"],
             input=str(manifest), output=str(root / "out"), model="tiny", buckets="64x64x9",
         )

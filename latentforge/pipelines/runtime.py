@@ -82,6 +82,10 @@ def ray_args(stage: Stage, job: Job) -> dict[str, Any]:
     return args
 
 
+# Sink write tasks hold no CPU: they encode a block's latents or embeddings (a few ms per row)
+# and wait on storage. At Ray Data's default of one CPU, its reservation kept that CPU for the
+# write operator, so on a 2-CPU machine `prepare` ran one task at a time (docs/scale.md).
+WRITE_CPUS = 0
 ROW_TASKS = ("map", "flat_map")
 
 
@@ -241,7 +245,7 @@ def apply(stage: Stage, ds: Any, job: Job, resources: dict[str, Any] | None = No
     if stage.kind == "write":
         sink = stage.op(**stage.args(job))
         sink.progress = job.state.get("progress")  # rows finished -> progress lines, run.json's timeline
-        ds.write_datasink(sink)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
         job.results[stage.name] = sink.result
         if stage.after is not None:
             stage.after(job)
