@@ -24,8 +24,9 @@ side depends on the model and the clips, and the balanced case is where overlap 
 
 Printed: both sides' wall seconds, the steady-state throughput of the pipeline (clips between its
 first and last accelerator call; the fixed cost before the first is shown apart, from run.json),
-the stand-in's busy share over that time, and the ratios to the bound and to the sequential
-loop. Nothing asserts on time.
+the stand-in's busy share over that time, the ratios to the bound and to the sequential loop,
+and where the run's CPU went by process (task workers, the stand-in, Ray Data's bookkeeping
+actors, Ray's services, the driver), which the bound does not count. Nothing asserts on time.
 
     python benchmarks/bench_overlap.py                  # 120 720p clips, ~5 min on 2 cores (the first time
                                                         # also ~2 min to generate them)
@@ -46,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import OtherLoad, steal_seconds
+from _machine import CpuByProcess, OtherLoad, ray_process_group, steal_seconds
 
 BUCKETS = "832x480x49;480x832x49;624x624x49"  # Wan 2.1 sizes
 SHAPES = [(1280, 720, 24), (720, 1280, 30), (960, 960, 25)]
@@ -207,7 +208,8 @@ def main() -> None:
     out, log = workdir / "out", workdir / "accelerator_calls.jsonl"
     shutil.rmtree(out, ignore_errors=True)
     log.unlink(missing_ok=True)
-    summary = pipeline(manifest, out, accel, log)
+    with CpuByProcess() as cpu:
+        summary = pipeline(manifest, out, accel, log)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     first, last = min(c["start"] for c in calls), max(c["end"] for c in calls)
     clips = sum(c["clips"] for c in calls)
@@ -221,6 +223,14 @@ def main() -> None:
     print(f"  -> {steady * bound:.0%} of the bound ({steady * reachable:.0%} of what {cores} plain processes decode); "
           f"{steady / (n / seq_wall):.2f}x the sequential loop's throughput "
           f"(whole run, fixed cost included: {(n / summary['command_seconds']) / (n / seq_wall):.2f}x)")
+    groups = cpu.by_group(ray_process_group)
+    groups["driver (this script: Ray Data's executor, the run's bookkeeping)"] = cpu.by_pid.get(os.getpid(), 0.0)
+    spent = sum(groups.values())
+    print(f"  where the pipeline's CPU went ({spent:.1f} CPU-s of {cores * summary['command_seconds']:.1f} in the run; "
+          f"prepare itself needs {prepare_cpu * n:.1f}):")
+    for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
+        if seconds >= 0.05:
+            print(f"    {seconds:6.1f} CPU-s  {seconds / spent:4.0%}  {name[:100]}")
     print(f"(meanwhile other processes used about {load.others():.0f} CPU-s of {load.available():.0f} available (Ray's workers are not "
           f"this script's children and count there too); the hypervisor stole {steal_seconds() - steal0:.0f} s)")
 

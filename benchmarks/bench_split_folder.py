@@ -31,7 +31,7 @@ from pathlib import Path
 
 import av
 
-from _machine import SHARED_MEDIA, OtherLoad
+from _machine import SHARED_MEDIA, OtherLoad, own_cpu_seconds
 from bench_split import REAL, generated, run_cli
 
 SHORT_REAL = [name for name in REAL if name != "bee.mp4"]
@@ -90,7 +90,7 @@ def latentforge_cuts(out: Path) -> dict[str, list[int]]:
 
 def whole_commands(folder: Path, truth: dict[str, list[int]], workdir: Path, repeats: int) -> None:
     files = sorted(folder.glob("*.mp4"))
-    ours, cli, ratios = [], [], []
+    ours, cli, ratios, cli_cores = [], [], [], []
     found_ours: dict[str, list[int]] = {}
     found_cli: dict[str, list[int]] = {}
     for r in range(repeats + 1):  # the first pair is a warm-up (page cache, imports), not counted
@@ -102,7 +102,7 @@ def whole_commands(folder: Path, truth: dict[str, list[int]], workdir: Path, rep
         if proc.returncode:
             sys.exit(f"latentforge run failed:\n{proc.stderr[-3000:]}")
         found_ours = latentforge_cuts(out)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), own_cpu_seconds(children=True)
         for f in files:
             found_cli[f.name] = run_cli(f)[0]
         b = time.perf_counter() - t0
@@ -110,12 +110,16 @@ def whole_commands(folder: Path, truth: dict[str, list[int]], workdir: Path, rep
             ours.append(a)
             cli.append(b)
             ratios.append(b / a)
+            cli_cores.append((own_cpu_seconds(children=True) - cpu0) / b)
         print(f"  {'warm-up' if not r else f'pair {r}'}: latentforge run {a:.2f}s, scenedetect per file {b:.2f}s -> {b / a:.2f}x")
     print(
         f"whole command, {len(files)} files: latentforge run median {statistics.median(ours):.2f}s, "
         f"scenedetect CLI once per file median {statistics.median(cli):.2f}s; "
         f"speed-up median {statistics.median(ratios):.2f}x (pairs: {', '.join(f'{x:.2f}' for x in ratios)})"
     )
+    # the CLI decodes with FFmpeg's frame threads through OpenCV: how many of the cores it already
+    # keeps busy caps any speed-up on this machine at (CPUs / that) for the same work per frame
+    print(f"the scenedetect CLI kept {statistics.median(cli_cores):.2f} of {os.cpu_count()} CPUs busy (its CPU-s over its wall s, median)")
     names = sorted(truth)
     ours_f1 = statistics.mean(f1(found_ours.get(n, []), truth[n]) for n in names)
     cli_f1 = statistics.mean(f1(found_cli.get(n, []), truth[n]) for n in names)
