@@ -178,6 +178,24 @@ def test_timeline_stays_bounded(ray_local):
     assert timeline["first_row_seconds"] == {"latents": 0.0}
 
 
+def test_a_run_keeps_its_books_in_one_actor_and_leaves_none(finished):
+    """The read tally and the progress counts share one actor (a Python process with Ray in it,
+    about 125 MiB RSS), and the run ends it."""
+    from datetime import datetime
+
+    import ray
+    from ray.core.generated import gcs_pb2
+
+    _, summary = finished
+    began, ended = (datetime.fromisoformat(summary[k]).timestamp() * 1000 for k in ("started_at", "finished_at"))
+    accessor = ray._private.state.state._connect_and_get_accessor()
+    books = [gcs_pb2.ActorTableData.FromString(raw) for raw in accessor.get_actor_table(None, None)]
+    books = [a for a in books if a.class_name in ("Tally", "Progress", "ReadCounts") and began <= a.start_time <= ended]
+    assert [a.class_name for a in books] == ["Progress"], [a.class_name for a in books]
+    assert gcs_pb2.ActorTableData.ActorState.Name(books[0].state) == "DEAD"
+    assert summary["counts"]["input_rows"] == 7  # the read counts reached the driver through it
+
+
 def test_run_takes_no_report_and_inspect_is_a_command():
     from latentforge.cli import build_parser
 

@@ -53,7 +53,9 @@ def read_part_rows(
 def read_input(job: Job, keep: dict[str, Any] | None = None) -> Any:
     """The manifest as a Ray Dataset (one task per read part); kept in `job.state["source"]`."""
     cfg = job.cfg
-    job.state["tally"] = tally = start_tally()  # first: the actor starts while the parts are planned
+    # the run's Progress actor keeps the read counts too (started before the run executes);
+    # a read outside `runtime.run` starts its own tally, first, so it starts while parts are planned
+    job.state["tally"] = tally = job.state.get("progress") or start_tally()
     parts = [dict(part, index=i) for i, part in enumerate(plan_reads(cfg.input, cfg.input_format, cfg.storage_options))]
     job.state["read_parts"] = len(parts)
     ds = ray.data.from_items(parts, override_num_blocks=len(parts)).flat_map(

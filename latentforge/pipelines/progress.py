@@ -6,7 +6,8 @@ On a terminal, Ray Data draws its own progress bars (rows per operator, rows/s).
     progress 2m30s | read 5000 input rows | latents: 1234 rows (3 errors), 8.2 rows/s, ETA 7m34s
 
 The numbers come from a small `Progress` actor that every sink's write task tells how many rows
-it finished (a few numbers per write task; the driver never sees rows). The same actor keeps, per sink, rows
+it finished (a few numbers per write task; the driver never sees rows); it is also the run's read
+tally (tally.py). The same actor keeps, per sink, rows
 finished per time bin since the run started; bins double in width past MAX_BINS, so run.json's
 `timeline` stays the same size however long the run or large the input.
 """
@@ -24,6 +25,7 @@ from typing import Any, Iterator
 import ray
 
 from latentforge.cluster import on_driver_node
+from latentforge.pipelines.tally import ReadCounts, totals
 
 log = logging.getLogger("latentforge")
 
@@ -33,10 +35,12 @@ INTERVAL_S = float(os.environ.get("LATENTFORGE_PROGRESS_INTERVAL_S", "30"))
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
-class Progress:
-    """Rows each sink finished, as totals and in time bins since `start`."""
+class Progress(ReadCounts):
+    """Rows each sink finished, as totals and in time bins since `start`; and the input rows the
+    read tasks reported (`ReadCounts`)."""
 
     def __init__(self, start: float) -> None:
+        super().__init__()
         self.start = start
         self.bin_seconds = FIRST_BIN_SECONDS
         self.bins: dict[str, list[int]] = {}
@@ -153,8 +157,6 @@ def reporting(job: Any, interval: float = INTERVAL_S, force: bool = False) -> It
 
 
 def _loop(job: Any, actor: Any, interval: float, stop: threading.Event) -> None:
-    from latentforge.pipelines.tally import totals
-
     last_done: dict[str, int] = {}
     last_time = time.time()
     eta_sink = None if getattr(job.cfg.split, "enabled", False) else "latents"

@@ -3,6 +3,10 @@
 Read tasks say how many input rows they produced (and when they started); each reports under
 its own key, so a task that Ray retries after a lost node replaces its report instead of adding
 it twice. The driver asks for the totals once, at the end: it never sees the rows.
+
+`ReadCounts` is the state and its methods; a run's `Progress` actor (progress.py) carries them,
+so one bookkeeping process serves the run (each actor is a Python process with Ray imported,
+about 125 MiB RSS). `Tally` is the same state alone, for a read outside `runtime.run`.
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ import ray
 from latentforge.cluster import on_driver_node
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
-class Tally:
+class ReadCounts:
     def __init__(self) -> None:
         self.reports: dict[Any, dict[str, int]] = {}
         self.first_started: float | None = None
@@ -31,6 +34,9 @@ class Tally:
         for counts in self.reports.values():
             total.update(counts)
         return {"counts": dict(total), "first_started": self.first_started, "reports": len(self.reports)}
+
+
+Tally = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(ReadCounts)
 
 
 def start_tally() -> Any:
@@ -52,10 +58,9 @@ def totals(tally: Any | None) -> dict[str, Any]:
 
 def end_actors(*actors: Any) -> None:
     """Stop a run's bookkeeping actors once it is over: in a long-lived Ray (a notebook, a test
-    session, a cluster running job after job) each run would otherwise leave two behind."""
-    for actor in actors:
-        if actor is not None:
-            try:
-                ray.kill(actor)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+    session, a cluster running job after job) each run would otherwise leave them behind."""
+    for actor in {id(a): a for a in actors if a is not None}.values():  # one actor may serve two roles
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
