@@ -208,6 +208,21 @@ def test_consecutive_row_stages_run_as_one_task_per_block(ray_local, tmp_path):
     assert lines["finalize_caption"] == lines["prepare"] == "1 CPU/task"
 
 
+def test_sink_writes_hold_no_cpu_and_run_few_at_once_on_one_machine(tmp_path):
+    """Writes hold no CPU (Ray Data's reservation would keep one from decoding); on the embedded
+    Ray one per 4 CPUs runs at once, since each is a worker process of its own; on a cluster Ray
+    Data's default, which grows with the nodes its autoscaler adds (docs/scale.md)."""
+    assert runtime.WRITE_CPUS == 0
+    assert [runtime.write_concurrency(True, cpus) for cpus in (1, 2, 4, 7, 8, 64)] == [1, 1, 1, 1, 2, 16]
+    assert runtime.write_concurrency(False, 2) is None and runtime.write_concurrency(False, 512) is None
+    cfg = load_config(None, [], input=str(tmp_path / "x.jsonl"), output=str(tmp_path / "out"), model="tiny-wan2.1", buckets=BUCKETS)
+    embedded = Job(cfg, False, embedded=True)
+    lines = {line.name: line.resources for line in runtime.plan(precompute.STAGES, embedded)}
+    assert lines["write_latents"] == f"no CPU, {runtime.job_write_concurrency(embedded)} at once"
+    lines = {line.name: line.resources for line in runtime.plan(precompute.STAGES, Job(cfg, False))}
+    assert lines["write_latents"] == "no CPU"
+
+
 def test_cpu_model_actors_compute_on_every_cpu_of_the_node(ray_local):
     """Ray gives a 1-CPU actor OMP_NUM_THREADS=1; on CPU-only runs the encoders set torch's threads
     to the node's CPUs (divided among the pool's actors on a node) instead."""

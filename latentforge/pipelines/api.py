@@ -3,6 +3,7 @@ the named stage lists; `latentforge.pipelines` hands these out on first use."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -49,12 +50,13 @@ def plan(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[StagePlan]:
 
 def _planning_job(cfg: PipelineConfig, use_gpus: bool | None) -> Job:
     """The Job `plan` describes: on the cluster `ray.address` names (joined, nothing started),
-    with GPUs as asked, else as `ray.use_gpus` says, else as that cluster has them."""
+    with GPUs as asked, else as `ray.use_gpus` says, else as that cluster has them; without an
+    address, the embedded Ray a run would start."""
     if cfg.ray.address:
         connect(cfg.ray.address)
         if use_gpus is None:
             use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus
-    return Job(cfg, bool(use_gpus))
+    return Job(cfg, bool(use_gpus), embedded=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
 
 
 def fit_problems(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -86,6 +87,23 @@ def ray_args(stage: Stage, job: Job) -> dict[str, Any]:
 # and wait on storage. At Ray Data's default of one CPU, its reservation kept that CPU for the
 # write operator, so on a 2-CPU machine `prepare` ran one task at a time (docs/scale.md).
 WRITE_CPUS = 0
+CPUS_PER_WRITE = 4
+
+
+def write_concurrency(embedded: bool, cpus: int) -> int | None:
+    """Sink write tasks at once. Holding no CPU, nothing else bounds them, and each one at once
+    is a worker process of its own (a start and its imports, 1-2 CPU-s, then 150 MiB). On the
+    embedded Ray the machine is fixed: one write per CPUS_PER_WRITE CPUs (one on a laptop) keeps
+    up with writes of a few ms per row. On a cluster None, Ray Data's default: a number fixed at
+    the start would cap a cluster whose autoscaler grows it from a small head (docs/scale.md)."""
+    return max(1, cpus // CPUS_PER_WRITE) if embedded else None
+
+
+def job_write_concurrency(job: Job) -> int | None:
+    """`write_concurrency` for this job: the connected Ray's CPUs, else (plan, before a start)
+    what the embedded Ray would get."""
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else (job.cfg.ray.num_cpus or os.cpu_count() or 1)
+    return write_concurrency(job.embedded, cpus)
 ROW_TASKS = ("map", "flat_map")
 
 
@@ -157,8 +175,11 @@ def cpu_actors_per_node(max_actors: int) -> int:
 
 def describe_resources(stage: Stage, job: Job, shared: dict[str, dict[str, Any]] | None = None) -> str:
     """`plan`'s resources column, made from `ray_args` (and `row_task_args`) so it says what Ray gets."""
-    if stage.kind in ("source", "write"):
+    if stage.kind == "source":
         return "-"
+    if stage.kind == "write":
+        at_once = job_write_concurrency(job)
+        return "no CPU" + (f", {at_once} at once" if at_once else "")
     args = (shared or {}).get(stage.name) or ray_args(stage, job)
     if stage.kind != "actors":
         gpus = f", {args['num_gpus']:g} GPU" if args.get("num_gpus") else ""
@@ -245,7 +266,7 @@ def apply(stage: Stage, ds: Any, job: Job, resources: dict[str, Any] | None = No
     if stage.kind == "write":
         sink = stage.op(**stage.args(job))
         sink.progress = job.state.get("progress")  # rows finished -> progress lines, run.json's timeline
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS}, concurrency=job_write_concurrency(job))
         job.results[stage.name] = sink.result
         if stage.after is not None:
             stage.after(job)
