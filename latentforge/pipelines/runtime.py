@@ -104,6 +104,8 @@ def job_write_concurrency(job: Job) -> int | None:
     what the embedded Ray would get."""
     cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else (job.cfg.ray.num_cpus or os.cpu_count() or 1)
     return write_concurrency(job.embedded, cpus)
+
+
 ROW_TASKS = ("map", "flat_map")
 
 
