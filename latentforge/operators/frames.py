@@ -18,7 +18,7 @@ from PIL import Image
 from latentforge.buckets import Bucket, available_frames, choose_bucket, cover_resize, frame_indices, frame_step
 from latentforge.formats.pixels import rgb8
 from latentforge.operators import audio as audio_op
-from latentforge.operators.base import Resources
+from latentforge.operators.base import Resources, reuse_freed_memory
 from latentforge.operators.frame_clock import iter_indexed_frames
 from latentforge.rows import error_row, has_value, is_error, stable_hash
 from latentforge.operators.probe import open_media
@@ -190,6 +190,7 @@ def load_frames(
 
     `time_limit` = (base seconds, seconds per source frame read): a decode that runs past it
     (a hung FFmpeg or read) makes the row an error and leaves its thread behind (time_limit.py)."""
+    reuse_freed_memory()  # each clip's frames on the last clip's pages, not fresh ones
     out = {"frames": NO_FRAMES, **row}
     out.setdefault("_seconds_prepare", 0.0)
     out.setdefault("_decoded_frames_prepare", 0)
