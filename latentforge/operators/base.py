@@ -35,9 +35,12 @@ def settle_after_load() -> None:
     at import and load lives as long as the actor, so it leaves the garbage collector's
     generations (`gc.freeze`): each collection then skips millions of objects, and the actor's
     exit no longer spends 1-1.5 s of CPU in a last collection over them, which kept the process,
-    and its memory, alive after its pass (docs/scale.md, "One model process at a time")."""
+    and its memory, alive after its pass (docs/scale.md, "One model process at a time").
+    Its large arrays and tensors reuse freed memory too (`reuse_freed_memory`): on a CPU-only run
+    the VAE's activations are hundreds of MB a batch, mapped afresh each time before."""
     gc.collect()
     gc.freeze()
+    reuse_freed_memory()
 
 
 # glibc's mallopt parameters (malloc.h)
