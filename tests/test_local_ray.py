@@ -117,8 +117,10 @@ def test_a_model_actor_reuses_freed_memory_for_large_tensors(ray_local):
         mapped_before = mallinfo2().hblkhd
         del before
         model_actors.VideoEncodeStage(model="tiny-wan2.1", dtype="float32", device="cpu")
-        after = torch.empty(64 << 20, dtype=torch.uint8)
-        return mapped_before, mallinfo2().hblkhd
+        tensor = torch.empty(64 << 20, dtype=torch.uint8)
+        mapped_after = mallinfo2().hblkhd  # while the tensor lives
+        del tensor
+        return mapped_before, mapped_after
 
     import uuid
 
