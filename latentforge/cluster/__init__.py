@@ -25,9 +25,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    local_worker_env(num_cpus or os.cpu_count() or 1)
+    local_worker_env(embedded_cpus(num_cpus))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     return True
+
+
+def embedded_cpus(num_cpus: int | None = None) -> int:
+    """CPUs of the embedded Ray `connect` starts: `ray.num_cpus`, else Ray's default, this
+    machine's."""
+    return num_cpus or os.cpu_count() or 1
 
 
 def local_worker_env(cpus: int) -> None:

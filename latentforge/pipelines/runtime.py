@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,12 +17,13 @@ from typing import Any, Callable
 
 import ray
 
-from latentforge.cluster import cluster_has_gpus, connect, wait_for_local_actors_to_exit
+from latentforge.cluster import cluster_has_gpus, connect, embedded_cpus, wait_for_local_actors_to_exit
 from latentforge.config import ConfigError, PipelineConfig
 from latentforge.formats.manifest_files import ManifestError
 from latentforge.formats.shards import ERRORS
 from latentforge.pipelines.backpressure import install as bound_blocks_in_flight
 from latentforge.pipelines.gpu_fit import PoolNeed, gpu_nodes, problem
+from latentforge.pipelines.input import cluster_cpus
 from latentforge.pipelines.outputs import sweep
 from latentforge.pipelines.progress import reporting, start_progress, timeline
 from latentforge.pipelines.run_summary import fixed_cost, write_summary
@@ -102,8 +102,7 @@ def write_concurrency(embedded: bool, cpus: int) -> int | None:
 def job_write_concurrency(job: Job) -> int | None:
     """`write_concurrency` for this job: the connected Ray's CPUs, else (plan, before a start)
     what the embedded Ray would get."""
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else (job.cfg.ray.num_cpus or os.cpu_count() or 1)
-    return write_concurrency(job.embedded, cpus)
+    return write_concurrency(job.embedded, cluster_cpus() if ray.is_initialized() else embedded_cpus(job.cfg.ray.num_cpus))
 
 
 ROW_TASKS = ("map", "flat_map")
