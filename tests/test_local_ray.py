@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 import logging
 import os
+import uuid
 
 import psutil
+import pytest
 
 
 def probe_actor(ray):
@@ -95,34 +95,24 @@ def test_a_model_actor_reuses_freed_memory_for_large_tensors(ray_local):
     """After load, a model actor's large allocations (a CPU-only VAE's activations: hundreds of MB
     a batch) come from malloc's heap and reuse freed pages instead of a fresh mapping each
     (operators/base.reuse_freed_memory): encode_video's CPU time fell a quarter on tiny models."""
-    import platform
+    from latentforge.operators.base import malloc_mapped_bytes
 
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("not glibc: malloc keeps its own policy")
+    if malloc_mapped_bytes() is None:
+        pytest.skip("not glibc 2.33 or later: malloc keeps its own policy")
 
     def mapped_bytes_of_a_64_mb_tensor() -> tuple[int, int]:
-        import ctypes
-
         import torch
 
         from latentforge.operators import model_actors
 
-        class MallInfo2(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_size_t) for name in
-                        ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-        mallinfo2.restype = MallInfo2
         before = torch.empty(64 << 20, dtype=torch.uint8)
-        mapped_before = mallinfo2().hblkhd
+        mapped_before = malloc_mapped_bytes()
         del before
         model_actors.VideoEncodeStage(model="tiny-wan2.1", dtype="float32", device="cpu")
         tensor = torch.empty(64 << 20, dtype=torch.uint8)
-        mapped_after = mallinfo2().hblkhd  # while the tensor lives
+        mapped_after = malloc_mapped_bytes()  # while the tensor lives
         del tensor
         return mapped_before, mapped_after
-
-    import uuid
 
     fresh_worker = {"env_vars": {"LATENTFORGE_TEST_WORKER": uuid.uuid4().hex}}  # a process of its own: glibc's defaults
     task = ray_local.remote(num_cpus=0, runtime_env=fresh_worker)(mapped_bytes_of_a_64_mb_tensor)

@@ -53,22 +53,15 @@ def test_a_clips_frames_come_from_the_heap_not_a_mapping_of_their_own(tmp_path):
     afresh by default and unmaps it on free, so the kernel faulted in and zeroed every page of
     every clip's frames: a fifth of prepare's time (operators/base.reuse_freed_memory). Checked
     with glibc's own accounting of its mappings (mallinfo2's hblkhd)."""
-    import ctypes
+    from latentforge.operators.base import malloc_mapped_bytes
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-    try:
-        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    if malloc_mapped_bytes() is None:
         pytest.skip("not glibc 2.33 or later: malloc keeps its own policy")
-    mallinfo2.restype = MallInfo2
     path = make_video(tmp_path / "wide.mp4", 832, 480, 40, 24)
     row = assign_bucket(probe({"uri": str(path), "media_type": "video"}), parse_buckets("832x480x33"), None)
     frames = load_frames(row)["frames"]
     assert frames.nbytes > 32 << 20
-    assert mallinfo2().hblkhd < frames.nbytes, "the frames array has a mapping of its own"
+    assert malloc_mapped_bytes() < frames.nbytes, "the frames array has a mapping of its own"
 
 
 def test_fps_resampling_takes_the_computed_frames(tmp_path):

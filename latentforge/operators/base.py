@@ -60,3 +60,20 @@ def reuse_freed_memory(largest: int = 1 << 30, keep: int = 256 << 20) -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, largest)) and bool(libc.mallopt(M_TRIM_THRESHOLD, keep))
     except (OSError, AttributeError):
         return False
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_mapped_bytes() -> int | None:
+    """Bytes this process's malloc holds in mappings of their own, outside its heap (glibc's
+    `mallinfo2().hblkhd`): what `reuse_freed_memory` keeps large arrays out of. None where the
+    C library has no mallinfo2 (not glibc, or glibc before 2.33)."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().hblkhd)
