@@ -12,6 +12,9 @@ probe, bucket, prepare's decode and resize), and its latents go through the real
                It measures prepare's CPU seconds per clip on this machine.
 - parallel     probe + prepare over the clips in as many plain processes as cores, no Ray: what
                this machine's CPUs decode when all of them work, the CPU side's real ceiling.
+- ray tasks    the same in as many one-CPU Ray tasks as cores on the embedded Ray, no Ray Data:
+               what a Ray worker costs the decode, apart from Ray Data's blocks and the other
+               processes of a pipeline.
 - pipeline     `latentforge run`'s video pass (pipelines.runtime.run with the stand-in), the
                embedded Ray started by the run, as a user runs it, text pass off.
 
@@ -31,6 +34,7 @@ actors, Ray's services, the driver), which the bound does not count. Nothing ass
     python benchmarks/bench_overlap.py                  # 120 720p clips, ~5 min on 2 cores (the first time
                                                         # also ~2 min to generate them)
     python benchmarks/bench_overlap.py --clips 200 --accel-ms 150
+    python benchmarks/bench_overlap.py --clips 360 --accel-ms 50 --pipeline-only   # the pipeline alone, for repeats
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from latentforge.rows import object_column
 
 from _machine import CpuByProcess, OtherLoad, ray_process_group, steal_seconds
 
@@ -68,9 +75,11 @@ class SimulatedAccelerator:
         time.sleep(self.seconds * sum(done))
         shapes = [[16, (f.shape[0] - 1) // 4 + 1, f.shape[1] // 8, f.shape[2] // 8] if d else None for f, d in zip(frames, done)]
         # the size a Wan 2.1 latent of that bucket has in bfloat16, so the sink writes what it would
-        batch["latent_bytes"] = np.array([bytes(2 * int(np.prod(s))) if s else None for s in shapes], dtype=object)
-        batch["latent_shape"] = np.array(shapes, dtype=object)
-        batch["latent_dtype"] = np.array(["bfloat16" if d else None for d in done], dtype=object)
+        # one-dimensional object columns, as the real stage makes them: np.array(shapes) would be
+        # a 2-D tensor column in a batch of done rows and a null one beside a failed row
+        batch["latent_bytes"] = object_column([bytes(2 * int(np.prod(s))) if s else None for s in shapes])
+        batch["latent_shape"] = object_column(shapes)
+        batch["latent_dtype"] = object_column(["bfloat16" if d else None for d in done])
         batch["_seconds_encode_video"] = np.full(n, self.seconds)
         with open(self.log, "a") as f:
             f.write(json.dumps({"start": start, "end": time.time(), "clips": sum(done)}) + "\n")
@@ -138,24 +147,47 @@ def _import_stages() -> None:
     assert frames and probe
 
 
-def _prepare_share(args: tuple[str, int, int]) -> int:
+def _prepare_share(args: tuple[str, int, int]) -> tuple[int, float]:
+    """(clips, CPU seconds of this process) for every `shares`-th clip from `share`."""
     manifest, share, shares = args
     rows, buckets = clips(Path(manifest))
+    c0 = time.process_time()
     for row in rows[share::shares]:
         prepare_clip(row, buckets)
-    return len(rows[share::shares])
+    return len(rows[share::shares]), time.process_time() - c0
 
 
-def prepare_on_all_cores(manifest: Path, cores: int) -> float:
-    """Wall seconds of probe + prepare over every clip in `cores` plain processes at once, no Ray:
-    what this machine's CPUs decode when all of them work. It is the CPU side's real ceiling:
-    two vCPUs rarely give twice one (shared caches, memory bandwidth, hyperthreads)."""
+def prepare_on_all_cores(manifest: Path, cores: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of probe + prepare over every clip in `cores` plain processes
+    at once, no Ray: what this machine's CPUs decode when all of them work. It is the CPU side's
+    real ceiling: two vCPUs rarely give twice one (shared caches, memory bandwidth, hyperthreads)."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(cores, initializer=_import_stages) as pool:
         t0 = time.perf_counter()
-        pool.map(_prepare_share, [(str(manifest), i, cores) for i in range(cores)], chunksize=1)
-        return time.perf_counter() - t0
+        shares = pool.map(_prepare_share, [(str(manifest), i, cores) for i in range(cores)], chunksize=1)
+        return time.perf_counter() - t0, sum(cpu for _, cpu in shares)
+
+
+def prepare_in_ray_tasks(manifest: Path, cores: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the same work in `cores` one-CPU Ray tasks on the embedded
+    Ray that `latentforge run` starts, without Ray Data: what a Ray worker costs the decode (its
+    environment, its process), apart from what Ray Data's blocks and the pipeline's other
+    processes cost it."""
+    import ray
+
+    from latentforge.cluster import connect
+
+    connect()
+    try:
+        task = ray.remote(num_cpus=1)(_prepare_share)
+        warm = ray.remote(num_cpus=1)(_import_stages)
+        ray.get([warm.remote() for _ in range(cores)])
+        t0 = time.perf_counter()
+        shares = ray.get([task.remote((str(manifest), i, cores)) for i in range(cores)])
+        return time.perf_counter() - t0, sum(cpu for _, cpu in shares)
+    finally:
+        ray.shutdown()
 
 
 def pipeline(manifest: Path, out: Path, accel: float, log: Path) -> dict:
@@ -182,6 +214,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=120)
     ap.add_argument("--frames", type=int, default=60, help="frames of each generated clip")
     ap.add_argument("--accel-ms", type=float, default=None, help="accelerator milliseconds per clip (default: balanced)")
+    ap.add_argument("--pipeline-only", action="store_true", help="only the pipeline (needs --accel-ms): for repeated runs of one side")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "latentforge-bench-overlap"))
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -191,19 +224,30 @@ def main() -> None:
     cores = os.cpu_count() or 1
     load, steal0 = OtherLoad(), steal_seconds()
 
-    sequential(manifest, None)  # warm-up: imports, page cache
-    _, prepare_cpu, n = sequential(manifest, None)
-    accel = args.accel_ms / 1000 if args.accel_ms is not None else prepare_cpu / cores
-    seq_wall, _, _ = sequential(manifest, accel)
-    parallel = prepare_on_all_cores(manifest, cores) / n
-    bound = max(accel, prepare_cpu / cores)
-    reachable = max(accel, parallel)
-    print(f"{n} clips, {cores} CPUs; prepare {prepare_cpu * 1000:.1f} CPU-ms per clip; accelerator {accel * 1000:.1f} ms per clip"
-          f" ({'given' if args.accel_ms is not None else 'balanced: prepare / cores'})")
-    print(f"bound {bound * 1000:.1f} ms per clip = {1 / bound:.2f} clips/s; the sequential loop pays the sum, "
-          f"{(accel + prepare_cpu) * 1000:.1f} ms")
-    print(f"prepare in {cores} plain processes at once (no Ray): {parallel * 1000:.1f} ms per clip = {1 / parallel:.2f} clips/s, "
-          f"{prepare_cpu / parallel:.2f}x one process; with the accelerator: reachable {reachable * 1000:.1f} ms per clip")
+    if args.pipeline_only:
+        if args.accel_ms is None:
+            sys.exit("--pipeline-only needs --accel-ms (the balanced figure comes from the sequential loop)")
+        n, accel = len(clips(manifest)[0]), args.accel_ms / 1000
+        print(f"{n} clips, {cores} CPUs; accelerator {accel * 1000:.1f} ms per clip (given); the pipeline alone")
+    else:
+        sequential(manifest, None)  # warm-up: imports, page cache
+        _, prepare_cpu, n = sequential(manifest, None)
+        accel = args.accel_ms / 1000 if args.accel_ms is not None else prepare_cpu / cores
+        seq_wall, _, _ = sequential(manifest, accel)
+        parallel_wall, parallel_cpu = prepare_on_all_cores(manifest, cores)
+        parallel = parallel_wall / n
+        tasks_wall, tasks_cpu = prepare_in_ray_tasks(manifest, cores)
+        bound = max(accel, prepare_cpu / cores)
+        reachable = max(accel, parallel)
+        print(f"{n} clips, {cores} CPUs; prepare {prepare_cpu * 1000:.1f} CPU-ms per clip; accelerator {accel * 1000:.1f} ms per clip"
+              f" ({'given' if args.accel_ms is not None else 'balanced: prepare / cores'})")
+        print(f"bound {bound * 1000:.1f} ms per clip = {1 / bound:.2f} clips/s; the sequential loop pays the sum, "
+              f"{(accel + prepare_cpu) * 1000:.1f} ms")
+        print(f"prepare in {cores} plain processes at once (no Ray): {parallel * 1000:.1f} ms per clip = {1 / parallel:.2f} clips/s, "
+              f"{prepare_cpu / parallel:.2f}x one process, {parallel_cpu / n * 1000:.1f} CPU-ms per clip; "
+              f"with the accelerator: reachable {reachable * 1000:.1f} ms per clip")
+        print(f"prepare in {cores} Ray tasks at once (no Ray Data): {tasks_wall / n * 1000:.1f} ms per clip, "
+              f"{tasks_cpu / n * 1000:.1f} CPU-ms per clip")
 
     out, log = workdir / "out", workdir / "accelerator_calls.jsonl"
     shutil.rmtree(out, ignore_errors=True)
@@ -212,22 +256,24 @@ def main() -> None:
         summary = pipeline(manifest, out, accel, log)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     first, last = min(c["start"] for c in calls), max(c["end"] for c in calls)
-    clips = sum(c["clips"] for c in calls)
+    encoded = sum(c["clips"] for c in calls)
     busy = sum(c["end"] - c["start"] for c in calls)
-    steady = clips / (last - first)
-    print(f"\nsequential loop: {seq_wall:.2f}s, {n / seq_wall:.2f} clips/s")
+    steady = encoded / (last - first)
+    if not args.pipeline_only:
+        print(f"\nsequential loop: {seq_wall:.2f}s, {n / seq_wall:.2f} clips/s")
     print(f"pipeline: {summary['command_seconds']:.2f}s for the run ({summary['counts']['latents_written']} latents), "
           f"fixed cost {json.dumps(summary.get('fixed_cost_seconds'))}")
-    print(f"  steady state (first to last accelerator call): {clips} clips in {last - first:.2f}s = {steady:.2f} clips/s; "
+    print(f"  steady state (first to last accelerator call): {encoded} clips in {last - first:.2f}s = {steady:.2f} clips/s; "
           f"accelerator busy {busy / (last - first):.0%} of that time, median call {statistics.median(c['end'] - c['start'] for c in calls) * 1000:.0f} ms")
-    print(f"  -> {steady * bound:.0%} of the bound ({steady * reachable:.0%} of what {cores} plain processes decode); "
-          f"{steady / (n / seq_wall):.2f}x the sequential loop's throughput "
-          f"(whole run, fixed cost included: {(n / summary['command_seconds']) / (n / seq_wall):.2f}x)")
+    if not args.pipeline_only:
+        print(f"  -> {steady * bound:.0%} of the bound ({steady * reachable:.0%} of what {cores} plain processes decode); "
+              f"{steady / (n / seq_wall):.2f}x the sequential loop's throughput "
+              f"(whole run, fixed cost included: {(n / summary['command_seconds']) / (n / seq_wall):.2f}x)")
     groups = cpu.by_group(ray_process_group)
     groups["driver (this script: Ray Data's executor, the run's bookkeeping)"] = cpu.by_pid.get(os.getpid(), 0.0)
     spent = sum(groups.values())
-    print(f"  where the pipeline's CPU went ({spent:.1f} CPU-s of {cores * summary['command_seconds']:.1f} in the run; "
-          f"prepare itself needs {prepare_cpu * n:.1f}):")
+    needs = "" if args.pipeline_only else f"; prepare itself needs {prepare_cpu * n:.1f}"
+    print(f"  where the pipeline's CPU went ({spent:.1f} CPU-s of {cores * summary['command_seconds']:.1f} in the run{needs}):")
     for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
         if seconds >= 0.05:
             print(f"    {seconds:6.1f} CPU-s  {seconds / spent:4.0%}  {name[:100]}")
