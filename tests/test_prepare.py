@@ -64,6 +64,39 @@ def test_a_clips_frames_come_from_the_heap_not_a_mapping_of_their_own(tmp_path):
     assert malloc_mapped_bytes() < frames.nbytes, "the frames array has a mapping of its own"
 
 
+# A prepare task's block, as Ray Data makes it: three 832x480x49 clips (rows are added until
+# the block passes 128 MB), then their frames copied into the block's tensor column.
+_BLOCK_CYCLE = """
+import numpy as np
+from latentforge.operators.base import malloc_free_bytes, reuse_freed_memory
+reuse_freed_memory()
+rows = [np.ones((49, 480, 832, 3), np.uint8) for _ in range(3)]
+block = np.concatenate([r.reshape(-1) for r in rows])
+freed = sum(r.nbytes for r in rows) + block.nbytes
+del rows, block
+print(freed, malloc_free_bytes())
+"""
+
+
+def test_a_prepare_worker_keeps_a_blocks_freed_memory_for_the_next_block():
+    """When a block is handed on, its rows' frames and Ray Data's copy of them are freed at once
+    (about 350 MB here). The process keeps that memory for the next block instead of giving it
+    back to the kernel: glibc trimmed the heap once more than 256 MB lay free at its top, and
+    every block then came on pages the kernel faulted in and zeroed again (8% of the pipeline's
+    throughput, docs/benchmarks.md). A fresh process, so that this test's own heap is not
+    measured."""
+    import subprocess
+    import sys
+
+    from latentforge.operators.base import malloc_free_bytes
+
+    if malloc_free_bytes() is None:
+        pytest.skip("not glibc 2.33 or later: malloc keeps its own policy")
+    out = subprocess.run([sys.executable, "-c", _BLOCK_CYCLE], capture_output=True, text=True, check=True).stdout
+    freed, kept = (int(v) for v in out.split())
+    assert kept >= freed, f"{kept >> 20} MB of {freed >> 20} MB freed stayed with the process"
+
+
 def test_fps_resampling_takes_the_computed_frames(tmp_path):
     path = make_video(tmp_path / "v.mp4", 160, 96, 60, 30)
     buckets = parse_buckets("96x64x9;96x64x17")
