@@ -270,7 +270,7 @@ def main() -> None:
               f"{steady / (n / seq_wall):.2f}x the sequential loop's throughput "
               f"(whole run, fixed cost included: {(n / summary['command_seconds']) / (n / seq_wall):.2f}x)")
     groups = cpu.by_group(ray_process_group)
-    groups["driver (this script: Ray Data's executor, the run's bookkeeping)"] = cpu.by_pid.get(os.getpid(), 0.0)
+    groups["driver (this script: Ray Data's executor, the run's bookkeeping, this CPU sampling)"] = cpu.by_pid.get(os.getpid(), 0.0)
     spent = sum(groups.values())
     needs = "" if args.pipeline_only else f"; prepare itself needs {prepare_cpu * n:.1f}"
     print(f"  where the pipeline's CPU went ({spent:.1f} CPU-s of {cores * summary['command_seconds']:.1f} in the run{needs}):")
