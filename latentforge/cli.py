@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 from latentforge import __version__
@@ -371,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"output:  {cfg.output}")
         print(f"model:   {cfg.model}" + (f" from {cfg.model_path}" if cfg.model_path else ""))
         print(f"buckets: {'; '.join(str(b) for b in cfg.bucket_list())}")
-        print(f"ray:     {cfg.ray.address or os.environ.get('RAY_ADDRESS') or 'embedded local Ray'}")
+        print(f"ray:     {cfg.ray.cluster_address() or 'embedded local Ray'}")
         print("stages:")
         width = max(len(s.name) for s in stages)
         runs_width = max(len(s.runs_as) for s in stages)

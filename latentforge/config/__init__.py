@@ -7,6 +7,7 @@ the per-stage sections are named after the stages they tune.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -143,6 +144,11 @@ class RayConfig(_Section):
     use_gpus: Optional[bool] = Field(
         None, description="model actors ask for GPUs; default: when the cluster has any (set true where GPU workers scale from zero)"
     )
+
+    def cluster_address(self) -> str | None:
+        """The cluster a run joins: `address`, else RAY_ADDRESS; None, an embedded local Ray
+        (the rule `cluster.connect` applies when it starts or joins one)."""
+        return self.address or os.environ.get("RAY_ADDRESS") or None
 
 
 class PipelineConfig(_Section):

@@ -3,7 +3,6 @@ the named stage lists; `latentforge.pipelines` hands these out on first use."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -56,7 +55,7 @@ def _planning_job(cfg: PipelineConfig, use_gpus: bool | None) -> Job:
         connect(cfg.ray.address)
         if use_gpus is None:
             use_gpus = cluster_has_gpus() if cfg.ray.use_gpus is None else cfg.ray.use_gpus
-    return Job(cfg, bool(use_gpus), embedded=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
+    return Job(cfg, bool(use_gpus), embedded=not cfg.ray.cluster_address())
 
 
 def fit_problems(cfg: PipelineConfig, use_gpus: bool | None = None) -> list[str]:

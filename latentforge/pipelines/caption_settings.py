@@ -95,7 +95,7 @@ def preflight(cfg: PipelineConfig) -> None:
             use_gpus = cluster_has_gpus()
             if not use_gpus:
                 raise quantization_error(key, "the Ray cluster this process is connected to has no GPUs")
-        if use_gpus is None and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        if use_gpus is None and not cfg.ray.cluster_address():
             use_gpus = cuda_available()  # the embedded local Ray has this machine's GPUs
             if not use_gpus:
                 raise quantization_error(key, "this machine has no CUDA (the run would use an embedded local Ray)")

@@ -106,7 +106,7 @@ def check_models(cfg: PipelineConfig, captions: bool) -> None:
                 needed.append(("encode_video.image_encoder", where, "image_encoder/config.json"))
     if captions and cfg.caption.backend == "transformers" and not cfg.caption.model.startswith("tiny-"):
         needed.append(("caption.model_path" if cfg.caption.model_path else "caption.model", cfg.caption.model_path or cfg.caption.model, "config.json"))
-    joining = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    joining = bool(cfg.ray.cluster_address())
     for key, repo, probe_file in needed:
         if joining and _is_folder(repo) and not os.path.isdir(os.path.expanduser(repo)):
             continue  # a folder on the workers' volume, not on this machine: the actors will tell
